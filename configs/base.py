@@ -1,0 +1,91 @@
+"""Base configuration: every field the engine knows, with the reference's names.
+
+Experiment configs import this file and change a few fields. Run any of them as
+    python main.py --config configs/<name>.py [--config.FIELD=VALUE ...] [--workdir DIR]
+Field names follow configs/README.md of the PyTorch reference (ens-hse-diploma); the
+README of this project maps each one to its meaning.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.name = 'base'  # experiment (method) name; groups runs in the analysis tables
+
+  # Seed and directories.
+  c.seed = 0
+  c.work_dir = './experiments/'  # runs go to <work_dir>/<dataset>/<wandb_group>/<model>_seed=<seed>/
+  c.ckpt = './checkpoints/byol-1000ep-1.pt'  # convert_byol.py output dir or torch .pt; '' = scratch
+  c.ckpts = ()  # Global DE: one pre-trained checkpoint per member
+  c.overwrite = False  # start afresh in a work dir that holds a run
+  c.save_all_models = False
+
+  # Model, dataset and augmentation.
+  c.model = 'ImageNetResNet50'
+  c.width = 64  # base width of the ResNet (64 = torchvision); small values for tests
+  c.dataset = 'cifar100'
+  c.data_dir = ''  # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets)
+  c.class_subset = ()  # keep only these labels (remapped to 0..k-1); () = all
+  c.transform_name = 'imagenet'  # imagenet | cifar | none
+  c.image_size = 224
+  c.interpolation = 'bilinear'
+  c.use_test = True
+  c.batch_size = 256
+  c.eval_batch_size = 500
+  c.dtype = 'float32'  # float32 | bfloat16 (compute dtype; params stay float32)
+
+  # Training.
+  c.epochs = 25
+  c.optimizer = 'sgd'  # sgd | adamw
+  c.lr = 0.05
+  c.wd = 1e-4
+  c.momentum = 0.9
+  c.nesterov = False
+  c.scheduler = 'cosine'
+  c.warmup_lr = 0.05
+  c.warmup_epochs = 0
+  c.eta_min = 0.0
+  c.grad_accum_steps = 1
+
+  # Ensembles: SSE / StarSSE (num_fge members from one run), Local / Global DE.
+  c.ensemble = 'sse'  # sse | local_de | global_de
+  c.num_fge = 1
+  c.fge_epochs = 0
+  c.fge_lr = 0.05
+  c.fge_warmup_epochs = 0
+  c.star_fge = False
+  c.reset_optim_state = True
+  c.num_members = 1  # Local DE: number of independent fine-tunings
+  c.parallel_members = True  # train independent members at once under jax.vmap
+
+  # Feature-map similarity losses (the thesis's additions).
+  c.which_model_is_regularizer = 'first'  # first | pretrain
+  c.fmap_betas = (0.0, 0.0, 0.0, 0.0, 0.0)
+  c.fmap_loss_type = 'RTDLoss'  # RTDLoss | MinMaxRTDLoss | MSELoss
+  c.rtd_dim = 1
+  c.rtd_card = 50
+  c.rtd_lp = 1.0
+  c.wo_beta = 0.0
+  c.prev_ce_beta = 0.0
+  c.only_negative = False
+  c.freeze_layers = ()
+  c.freeze_bn_stats = False
+
+  # Pre-training stage run before fine-tuning (used by the quickstart only).
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.enabled = False
+  c.pretrain.class_subset = ()
+  c.pretrain.epochs = 0
+  c.pretrain.lr = 0.1
+
+  # Logging and checkpoints.
+  c.valid_freq = 4
+  c.log_every_steps = 30  # reference: wandb_log_rate
+  c.checkpoint_every_steps = 0  # 0 = checkpoint at the end of every epoch
+  c.progress = True
+  c.wandb_mode = 'auto'  # auto (online when logged in, else offline) | online | offline | disabled
+  c.wandb_project = 'EnsForTransfer'
+  c.wandb_group = 'BYOL_Test'
+  c.exp_name = ''
+  return c

@@ -1,0 +1,18 @@
+"""Turns the errors a user can cause into one line on stderr and exit status 2."""
+
+import contextlib
+import sys
+
+# Errors whose message is written for the user: shown as one line, without a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, KeyError,
+               OSError)
+
+
+@contextlib.contextmanager
+def user_errors():
+  try:
+    yield
+  except USER_ERRORS as e:  # pylint: disable=catching-non-exception
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    sys.exit(2)

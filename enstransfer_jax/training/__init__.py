@@ -1,0 +1,1 @@
+"""Training: plan of members, jitted steps, the loop, work-dir outputs."""

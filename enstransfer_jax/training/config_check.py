@@ -1,0 +1,63 @@
+"""Checks a config before anything is written: each problem is one ValueError line that says
+what is wrong and what to do."""
+
+FREEZABLE = ('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4', 'fc')
+FMAP_LOSSES = ('RTDLoss', 'MinMaxRTDLoss', 'MSELoss')
+REGULARIZERS = ('first', 'pretrain')
+DTYPES = ('float32', 'bfloat16')
+TRANSFORMS = ('imagenet', 'cifar', 'none')
+
+
+def _fail(msg):
+  raise ValueError(msg)
+
+
+def validate(config):
+  c = config
+  if c.ensemble not in ('sse', 'local_de', 'global_de'):
+    _fail(f'ensemble={c.ensemble!r} is unknown; use sse, local_de or global_de')
+  if c.epochs < 1:
+    _fail(f'epochs={c.epochs} must be at least 1')
+  if c.batch_size < 1 or c.eval_batch_size < 1:
+    _fail('batch_size and eval_batch_size must be positive')
+  if c.ensemble == 'sse' and c.num_fge > 1:
+    if c.fge_epochs < 1:
+      _fail(f'num_fge={c.num_fge} needs fge_epochs >= 1 (got {c.fge_epochs})')
+    if c.fge_epochs <= c.fge_warmup_epochs:
+      _fail(f'fge_epochs={c.fge_epochs} must be greater than fge_warmup_epochs='
+            f'{c.fge_warmup_epochs}')
+  if c.ensemble == 'local_de' and c.num_members < 1:
+    _fail(f'num_members={c.num_members} must be at least 1 for local_de')
+  if c.ensemble == 'global_de' and len(c.ckpts) < 1:
+    _fail('ensemble=global_de needs ckpts: one pre-trained checkpoint per member, e.g. '
+          "--config.ckpts='(\"a.pt\", \"b.pt\")'")
+  if len(c.fmap_betas) != 5:
+    _fail(f'fmap_betas has {len(c.fmap_betas)} values; it needs 5 (layer1, layer2, layer3, '
+          'layer4, pooled)')
+  if c.fmap_loss_type not in FMAP_LOSSES:
+    _fail(f'fmap_loss_type={c.fmap_loss_type!r} is unknown; use one of {", ".join(FMAP_LOSSES)}')
+  if c.which_model_is_regularizer not in REGULARIZERS:
+    _fail(f'which_model_is_regularizer={c.which_model_is_regularizer!r} is unknown; use first '
+          'or pretrain')
+  unknown = [name for name in c.freeze_layers if name not in FREEZABLE]
+  if unknown:
+    _fail(f'freeze_layers has unknown module {unknown[0]!r}; modules are {", ".join(FREEZABLE)}')
+  if c.dtype not in DTYPES:
+    _fail(f'dtype={c.dtype!r} is unknown; use float32 or bfloat16')
+  if c.transform_name.lower() not in TRANSFORMS:
+    _fail(f'transform_name={c.transform_name!r} is unknown; use one of {", ".join(TRANSFORMS)}')
+  if c.grad_accum_steps < 1 or c.batch_size % c.grad_accum_steps:
+    _fail(f'grad_accum_steps={c.grad_accum_steps} must be >= 1 and divide batch_size='
+          f'{c.batch_size}')
+  if c.wandb_mode not in ('auto', 'online', 'offline', 'disabled'):
+    _fail(f'wandb_mode={c.wandb_mode!r} is unknown; use auto, online, offline or disabled')
+
+
+def frozen_prefix(freeze_layers):
+  """The last module of the longest frozen prefix of the network (stop gradients after it)."""
+  last = None
+  for name in FREEZABLE:
+    if name not in freeze_layers:
+      break
+    last = name
+  return last

@@ -1,0 +1,203 @@
+"""train.run(config, workdir): the whole experiment, from data to summary.json.
+
+Where a member starts: resume from the work dir is handled by `resume.py`; otherwise member 1
+(and every Local/Global DE member) starts from the pre-trained checkpoint `ckpt` with a new
+`num_classes` head drawn from (seed, member), or from scratch when `ckpt` is empty; SSE
+member k starts from member k-1, StarSSE member k from member 1.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from enstransfer_jax import checkpoints, losses, metrics, models, optim, schedules
+from enstransfer_jax.data import batches
+from enstransfer_jax.training import config_check, plan as plan_lib, step as step_lib
+from enstransfer_jax.training import workdir as wd
+
+_BN_MODULES = ('bn1', 'layer1', 'layer2', 'layer3', 'layer4')
+
+
+def stack(trees):
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree, i):
+  return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+class Experiment:
+  """Holds what the members of one run share: data, model, schedule, finished members."""
+
+  def __init__(self, config, workdir, data, log):
+    self.config, self.workdir, self.data, self.log = config, workdir, data, log
+    dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
+    self.model = models.create_model(config.model, data.num_classes, width=config.width,
+                                     dtype=dtype)
+    self.steps_per_epoch = len(batches.batch_slices(len(data.train_labels), config.batch_size))
+    self.lr_fn = schedules.create_learning_rate_fn(config, self.steps_per_epoch)
+    self.finished = {}  # member index -> variables (host pytrees)
+    self.pretrained = {}  # ckpt path -> variables
+    self._flat_params = {}  # member index -> flat parameter vector (WO)
+    self.eval_step = step_lib.make_eval_step(self.model, config)
+
+  # Where members start.
+  def pretrained_variables(self, ckpt):
+    if ckpt not in self.pretrained:
+      if ckpt:
+        arch, variables = checkpoints.load_pretrained(ckpt)
+        if models.canonical_name(arch) != models.canonical_name(self.config.model):
+          raise ValueError(f'checkpoint {ckpt} holds a {arch} but config.model is '
+                           f'{self.config.model}; set --config.model={arch}')
+      else:
+        dummy = jnp.zeros((1, self.config.image_size, self.config.image_size, 3), jnp.float32)
+        variables = self.model.init(jax.random.PRNGKey(self.config.seed), dummy, train=False)
+      self.pretrained[ckpt] = jax.device_put(dict(variables))
+    return self.pretrained[ckpt]
+
+  def initial_variables(self, member):
+    if member.init == 'previous':
+      return self.finished[member.index - 1]
+    if member.init == 'first':
+      return self.finished[1]
+    variables = self.pretrained_variables(member.ckpt or '')
+    head = variables['params']['fc']['kernel'].shape[-1]
+    if member.ckpt and head != self.data.num_classes:
+      key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), member.index)
+      variables = models.replace_head(variables, self.data.num_classes, key)
+    return variables
+
+  # What each stage trains with.
+  def terms(self, member):
+    c = self.config
+    cycle = plan_lib.is_cycle(member)
+    fmap_on = any(c.fmap_betas) and (c.which_model_is_regularizer == 'pretrain' or cycle)
+    earlier = [i for i in self.finished if i != 1 and i < member.index]
+    frozen = tuple(c.freeze_layers) if cycle else ()
+    return step_lib.Terms(
+        fmap_betas=tuple(float(b) for b in c.fmap_betas) if fmap_on else (),
+        fmap_loss_type=c.fmap_loss_type, rtd_dim=c.rtd_dim, rtd_card=c.rtd_card,
+        rtd_lp=c.rtd_lp,
+        wo_beta=float(c.wo_beta) if earlier else 0.0,
+        prev_ce_beta=float(c.prev_ce_beta) if earlier else 0.0,
+        only_negative=bool(c.only_negative),
+        stop_gradient_after=config_check.frozen_prefix(frozen),
+        frozen_bn=tuple(m for m in frozen if m in _BN_MODULES) if c.freeze_bn_stats else ())
+
+  def trainable_mask(self, params, terms_frozen):
+    return {k: jax.tree_util.tree_map(lambda _: k not in terms_frozen, v)
+            for k, v in params.items()}
+
+  def aux_for_step(self, terms, member, rng):
+    """Regulariser inputs; the earlier member for WO / prev-CE is drawn per step."""
+    aux = {}
+    if terms.fmap_betas:
+      aux['reg'] = (self.pretrained_variables(member.ckpt or self.config.ckpt or '')
+                    if self.config.which_model_is_regularizer == 'pretrain'
+                    else self.finished[1])
+    if terms.wo_beta or terms.prev_ce_beta:
+      earlier = sorted(i for i in self.finished if i != 1 and i < member.index)
+      chosen = earlier[rng.integers(len(earlier))]
+      if terms.wo_beta:
+        aux['wo'] = self._flat(chosen)
+      if terms.prev_ce_beta:
+        aux['prev'] = self.finished[chosen]
+    return aux
+
+  def _flat(self, index):
+    if index not in self._flat_params:
+      self._flat_params[index] = losses.flatten_params(self.finished[index]['params'])
+    return self._flat_params[index]
+
+  # Training.
+  def train_stage(self, stage):
+    c, k = self.config, len(stage)
+    names = ', '.join(str(m.index) for m in stage)
+    print(f'== member{"s" if k > 1 else ""} {names}: {stage[0].epochs} epochs from '
+          f'{stage[0].init}{" (in parallel)" if k > 1 else ""}', flush=True)
+    terms = self.terms(stage[0])
+    frozen = set(c.freeze_layers) if terms.stop_gradient_after or (
+        c.freeze_layers and plan_lib.is_cycle(stage[0])) else set()
+    inits = [self.initial_variables(m) for m in stage]
+    params = stack([v['params'] for v in inits])
+    tx = optim.create_optimizer(c, self.trainable_mask(inits[0]['params'], frozen))
+    opt_state = jax.vmap(tx.init)(params)
+    if not c.reset_optim_state and getattr(self, '_last_opt_state', None) is not None:
+      opt_state = self._last_opt_state
+    state = step_lib.TrainState(params, stack([v['batch_stats'] for v in inits]), opt_state)
+    train_step = step_lib.make_train_step(self.model, tx, c, terms)
+    member_ids = jnp.asarray([m.index for m in stage], jnp.int32)
+    n = len(self.data.train_labels)
+    slices = batches.batch_slices(n, c.batch_size)
+    rng = np.random.default_rng([c.seed, stage[0].index, 7])
+    for epoch in range(1, stage[0].epochs + 1):
+      orders = [batches.epoch_order(c.seed, m.index, epoch, n) for m in stage]
+      running = None
+      bar = tqdm(slices, desc=f'member {names} epoch {epoch}/{stage[0].epochs}',
+                 disable=not c.progress, leave=False, dynamic_ncols=True)
+      for b, (lo, hi) in enumerate(bar):
+        idx = np.stack([o[lo:hi] for o in orders])
+        local_step = (epoch - 1) * self.steps_per_epoch + b
+        gsteps = [(m.epoch_offset * self.steps_per_epoch) + local_step for m in stage]
+        lrs = jnp.asarray([self.lr_fn(s) for s in gsteps], jnp.float32)
+        state, step_metrics = train_step(
+            state, self.data.train_images[idx], self.data.train_labels[idx].astype(np.int32),
+            member_ids, jnp.full((k,), local_step, jnp.int32), lrs,
+            self.aux_for_step(terms, stage[0], rng))
+        weight = hi - lo
+        scaled = jax.tree_util.tree_map(lambda v: v * weight, step_metrics)
+        running = scaled if running is None else jax.tree_util.tree_map(jnp.add, running, scaled)
+        if b % c.log_every_steps == 0 or b == len(slices) - 1:
+          host = jax.device_get(step_metrics)
+          self._check_finite(host, stage, epoch, gsteps[0])
+          for j, m in enumerate(stage):
+            self.log.write('train', member=m.index, epoch=m.epoch_offset + epoch, step=gsteps[j],
+                           lr=float(lrs[j]), **{key: v[j] for key, v in host.items()})
+          bar.set_postfix(loss=f"{np.mean(host['loss']):.3f}", acc=f"{np.mean(host['acc']):.3f}",
+                          lr=f'{float(lrs[0]):.4g}')
+      bar.close()
+      totals = jax.device_get(running)
+      for j, m in enumerate(stage):
+        self.log.write('epoch', member=m.index, epoch=m.epoch_offset + epoch,
+                       **{key: v[j] / n for key, v in totals.items()})
+      last = epoch == stage[0].epochs
+      if last or (c.valid_freq and epoch % c.valid_freq == 0):
+        probs = self.predict(state)
+        for j, m in enumerate(stage):
+          score = metrics.METRICS[self.data.metric](probs[j], self.data.test_labels)
+          self.log.write('eval', member=m.index, epoch=m.epoch_offset + epoch, test_acc=score,
+                         test_nll=metrics.nll(probs[j], self.data.test_labels))
+        print(f'  epoch {epoch}: train loss {np.mean(totals["loss"]) / n:.4f}, test acc '
+              + ', '.join(f'{100 * metrics.METRICS[self.data.metric](p, self.data.test_labels):.2f}%'
+                          for p in probs), flush=True)
+    self._last_opt_state = state.opt_state
+    for j, m in enumerate(stage):
+      self.finished[m.index] = unstack(state.variables(), j)  # stays on the device
+      wd.save_member(self.workdir, m.index, jax.device_get(self.finished[m.index]), probs[j],
+                     {'arch': models.canonical_name(c.model), 'num_classes': self.data.num_classes,
+                      'member': m.index, 'source': self.workdir})
+      self.log.write('member', member=m.index, test_acc=metrics.METRICS[self.data.metric](
+          probs[j], self.data.test_labels))
+
+  def predict(self, state):
+    variables = state.variables()
+    out = []
+    for lo, hi in batches.batch_slices(len(self.data.test_labels), self.config.eval_batch_size):
+      out.append(np.asarray(self.eval_step(variables, self.data.test_images[lo:hi])))
+    return np.concatenate(out, axis=1)
+
+  def _check_finite(self, host, stage, epoch, gstep):
+    bad = [k for k, v in host.items() if not np.all(np.isfinite(v))]
+    if bad:
+      raise FloatingPointError(
+          f'{bad[0]} became {np.ravel(host[bad[0]])[0]} at member '
+          f'{",".join(str(m.index) for m in stage)}, epoch {epoch}, step {gstep}; lower lr or '
+          'check the data; the members saved so far are kept')
+
+
+def train_members(config, workdir, data, log):
+  exp = Experiment(config, workdir, data, log)
+  for stage in plan_lib.make_plan(config):
+    exp.train_stage(stage)
+  return exp

@@ -1,0 +1,63 @@
+"""Runs one experiment: python main.py --config configs/starsse.py [--config.seed=1] [--workdir DIR]
+
+Also: python main.py --config configs/quickstart.py --analyze  (train, then write the analysis report)
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config file',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'work dir (default: experiments/<dataset>/'
+                               '<group>/<model>_seed=<seed>/)')
+_ANALYZE = flags.DEFINE_boolean('analyze', False, 'write the analysis report after training')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if _CONFIG.value is None:
+    raise app.UsageError('pass --config configs/<experiment>.py')
+  from enstransfer_jax import train  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.errors import user_errors  # pylint: disable=g-import-not-at-top
+  with user_errors():
+    summary = train.run(_CONFIG.value, _WORKDIR.value)
+    if _ANALYZE.value:
+      from enstransfer_jax import analyze  # pylint: disable=g-import-not-at-top
+      analyze.analyze_runs([summary['workdir']])
+
+
+def check_override_keys(argv):
+  """One clear line for --config.KEY=... where KEY is not a field of the config file."""
+  path = next((a.split('=', 1)[1] if '=' in a else argv[i + 1]
+               for i, a in enumerate(argv) if a == '--config' or a.startswith('--config=')), None)
+  if path is None:
+    return
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    print(f'error: config file {path} does not exist; see configs/ for the experiments', file=sys.stderr)
+    sys.exit(2)
+  spec = importlib.util.spec_from_file_location('experiment_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    node = config
+    key = arg[len('--config.'):].split('=', 1)[0]
+    for part in key.split('.'):
+      if not hasattr(node, 'keys') or part not in node.keys():
+        print(f'error: unknown config key {key!r} in {path}; valid keys: '
+              f'{", ".join(sorted(config.keys()))}', file=sys.stderr)
+        sys.exit(2)
+      node = node[part]
+
+
+if __name__ == '__main__':
+  check_override_keys(sys.argv)
+  app.run(main)

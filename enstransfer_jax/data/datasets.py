@@ -1,0 +1,236 @@
+"""Datasets as uint8 numpy arrays in host memory: scikit-learn digits and TFDS image datasets.
+
+load_dataset(config) returns DataSplits: the training split and the evaluation split (the
+official test split with config.use_test, else a validation split carved from train), the number
+of classes, the metric of the dataset (as the reference's DS_TO_METRIC_AND_N_CLASSES) and its name.
+
+* 'digits': scikit-learn's bundled 8x8 digits (values 0..16), scaled to 0..255, upscaled to
+  32x32 by nearest neighbour (each pixel a 4x4 block), grey copied to 3 channels; a fixed
+  stratified split holds out 1/3 as the test split.
+* TFDS datasets (table TFDS_SOURCES, reference name -> TFDS name). Images with a fixed size in
+  TFDS (cifar 32 px, eurosat 64 px) are kept as they are; variable-size images are resized on
+  load, shorter side to `load_size` (256) with antialiased bilinear, then centre-cropped to
+  load_size x load_size. Not in TFDS (4.9.10): aircraft, chestx, cinic10, isic.
+* Validation (use_test=False) and missing test splits are carved with sklearn's stratified
+  train_test_split, random_state 42 (the reference's TRAIN_TEST_SPLIT_RANDOM_STATE), in the
+  proportions of the reference's DS_TO_SIZES.
+* config.class_subset (labels, () = all) keeps only those labels, remapped to 0..k-1 in the given
+  order; it is applied after the split, so a subset's splits are subsets of the full splits.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+from sklearn import datasets as sk_datasets
+from sklearn import model_selection
+
+from enstransfer_jax import metrics as metrics_lib
+
+SPLIT_RANDOM_STATE = 42
+DIGITS_SIZE = 32
+LOAD_SIZE = 256
+
+
+class DataNotFoundError(FileNotFoundError):
+  """A TFDS dataset is not prepared in data_dir and cannot be downloaded from here."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DataSplits:
+  train_images: np.ndarray  # uint8 [N, H, W, 3]
+  train_labels: np.ndarray  # int32 [N]
+  test_images: np.ndarray  # the evaluation split: official test or validation
+  test_labels: np.ndarray
+  num_classes: int
+  metric: str  # 'top1' | 'mean_per_class'
+  name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+  tfds_name: str
+  test: str = 'test'  # the official test split; '' = carve it from train with test_sizes
+  valid: str = ''  # an official validation split; '' = carve it from train with val_sizes
+  val_sizes: tuple = (9, 1)  # (train, valid) sizes of DS_TO_SIZES: only their ratio is used
+  test_sizes: tuple = ()  # (train + valid, test) sizes where the test split is carved
+  drop_labels: tuple = ()  # TFDS label names the reference does not have
+
+
+TFDS_SOURCES = {
+    'caltech101': _Source('caltech101', val_sizes=(2525, 505),
+                          drop_labels=('background_google',)),
+    'cars': _Source('cars196', val_sizes=(6494, 1650)),
+    'cifar10': _Source('cifar10', val_sizes=(45000, 5000)),
+    'cifar100': _Source('cifar100', val_sizes=(45000, 5000)),
+    'clipart': _Source('domainnet/clipart', val_sizes=(26820, 6705)),
+    'dtd': _Source('dtd', valid='validation'),
+    'eurosat': _Source('eurosat/rgb', test='', val_sizes=(10800, 2700),
+                       test_sizes=(13500, 13500)),
+    'flowers': _Source('oxford_flowers102', valid='validation'),
+    'food': _Source('food101', test='validation', val_sizes=(68175, 7575)),
+    'pets': _Source('oxford_iiit_pet', val_sizes=(2940, 740)),
+    'sun': _Source('sun397/standard-part1-120k', val_sizes=(15880, 3970)),
+}
+MISSING_FROM_TFDS = ('aircraft', 'chestx', 'cinic10', 'isic')
+MEAN_PER_CLASS = ('aircraft', 'caltech101', 'flowers', 'pets')
+DATASETS = ('digits',) + tuple(sorted(TFDS_SOURCES))
+
+
+def dataset_metric(name):
+  """'mean_per_class' or 'top1', as the reference's DS_TO_METRIC_AND_N_CLASSES."""
+  return 'mean_per_class' if name in MEAN_PER_CLASS else 'top1'
+
+
+def metric_fn(name):
+  """f(probs_or_logits [N, C], labels [N]) -> float in [0, 1]; name: a dataset or a metric."""
+  metric = name if name in metrics_lib.METRICS else dataset_metric(name)
+  fn = metrics_lib.METRICS[metric]
+  return lambda scores, labels: fn(np.asarray(scores), np.asarray(labels))
+
+
+def stratified_split(labels, num_second, seed=SPLIT_RANDOM_STATE):
+  """Indices (first, second) with len(second) == num_second, class proportions kept."""
+  labels = np.asarray(labels)
+  counts = np.bincount(labels) if len(labels) else np.zeros(0, int)
+  counts = counts[counts > 0]
+  if len(labels) < 2 or counts.min() < 2 or not len(counts) <= num_second <= len(labels) - len(
+      counts):
+    raise ValueError(
+        f'cannot split {len(labels)} examples of {len(counts)} classes (smallest class '
+        f'{counts.min() if len(counts) else 0}) into a stratified part of {num_second}; '
+        'use more examples per class or config.use_test=True')
+  first, second = model_selection.train_test_split(
+      np.arange(len(labels)), test_size=num_second, stratify=labels, random_state=seed)
+  return np.sort(first), np.sort(second)
+
+
+def _carve(images, labels, sizes):
+  """Splits (images, labels) in the ratio sizes = (first, second)."""
+  num_second = int(round(len(labels) * sizes[1] / (sizes[0] + sizes[1])))
+  first, second = stratified_split(labels, num_second)
+  return (images[first], labels[first]), (images[second], labels[second])
+
+
+def _load_digits(use_test):
+  digits = sk_datasets.load_digits()
+  grey = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # [N, 8, 8]
+  block = DIGITS_SIZE // grey.shape[1]
+  grey = grey.repeat(block, axis=1).repeat(block, axis=2)
+  images = np.repeat(grey[..., None], 3, axis=-1)
+  labels = digits.target.astype(np.int32)
+  train, test = _carve(images, labels, (2, 1))
+  if not use_test:
+    train, test = _carve(*train, (9, 1))
+  return train, test, 10
+
+
+def _prepare_command(tfds_name, data_dir):
+  return (f'python -c "import tensorflow_datasets as tfds; tfds.builder(\'{tfds_name}\', '
+          f'data_dir=\'{data_dir}\').download_and_prepare()"')
+
+
+def _builder(name, tfds_name, data_dir):
+  """A prepared TFDS builder; tries download_and_prepare once, else DataNotFoundError."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  shown_dir = data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser(
+      '~/tensorflow_datasets')
+  builder = tfds.builder(tfds_name, data_dir=data_dir or None)
+  if not builder.is_prepared():
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # pylint: disable=broad-except
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      raise DataNotFoundError(
+          f"dataset '{name}' (TFDS '{tfds_name}') is not prepared in data_dir '{shown_dir}' and "
+          f'could not be downloaded ({type(e).__name__}: {reason}); on a machine with internet '
+          f'run: {_prepare_command(tfds_name, shown_dir)} and copy that directory here') from e
+  return builder
+
+
+def _read_split(builder, split, load_size):
+  """All of one TFDS split as (uint8 [N, H, W, 3], int32 [N]), in the stored order."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:  # TF only decodes on the host; keep it off the accelerator JAX uses.
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # already initialised
+    pass
+  fixed = None not in builder.info.features['image'].shape
+
+  def prepare(example):
+    image = example['image']
+    if not fixed:
+      shape = tf.cast(tf.shape(image)[:2], tf.float32)
+      new = tf.cast(shape * (load_size / tf.reduce_min(shape)), tf.int32)  # truncated, as torch
+      new = tf.maximum(new, load_size)
+      image = tf.image.resize(image, new, method='bilinear', antialias=True)
+      top = tf.cast(tf.round(tf.cast(new[0] - load_size, tf.float32) / 2), tf.int32)
+      left = tf.cast(tf.round(tf.cast(new[1] - load_size, tf.float32) / 2), tf.int32)
+      image = image[top:top + load_size, left:left + load_size]
+      image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return image, tf.cast(example['label'], tf.int32)
+
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
+  chunks = list(tfds.as_numpy(ds))
+  if not chunks:
+    raise ValueError(f"TFDS split '{split}' of '{builder.name}' is empty")
+  return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+
+def _load_tfds(name, data_dir, use_test, load_size):
+  src = TFDS_SOURCES[name]
+  builder = _builder(name, src.tfds_name, data_dir)
+  label = builder.info.features['label']
+  keep = [i for i in range(label.num_classes) if label.int2str(i) not in src.drop_labels]
+  remap = np.full(label.num_classes, -1, np.int32)
+  remap[keep] = np.arange(len(keep))
+  read = lambda split: _select(*_read_split(builder, split, load_size), keep, remap)
+  if src.valid:
+    train = read(f'train+{src.valid}' if use_test else 'train')
+    test = read(src.test if use_test else src.valid)
+  else:
+    train = read('train')
+    if src.test:
+      test = read(src.test) if use_test else None
+    else:
+      train, test = _carve(*train, src.test_sizes)
+    if not use_test:
+      train, test = _carve(*train, src.val_sizes)
+  return train, test, len(keep)
+
+
+def _select(images, labels, keep, remap):
+  mask = np.isin(labels, keep)
+  if mask.all():
+    return images, remap[labels]
+  return images[mask], remap[labels[mask]]
+
+
+def _apply_class_subset(train, test, subset, num_classes):
+  subset = tuple(int(c) for c in subset)
+  if len(set(subset)) != len(subset) or not all(0 <= c < num_classes for c in subset):
+    raise ValueError(f'class_subset {subset} must hold distinct labels in 0..{num_classes - 1}')
+  remap = np.full(num_classes, -1, np.int32)
+  remap[list(subset)] = np.arange(len(subset))
+  return _select(*train, subset, remap), _select(*test, subset, remap), len(subset)
+
+
+def load_dataset(config, *, load_size=LOAD_SIZE):
+  """DataSplits from config.dataset, data_dir, use_test and class_subset."""
+  name = str(config.dataset).lower()
+  if name == 'digits':
+    train, test, num_classes = _load_digits(config.use_test)
+  elif name in TFDS_SOURCES:
+    train, test, num_classes = _load_tfds(name, config.data_dir, config.use_test, load_size)
+  elif name in MISSING_FROM_TFDS:
+    raise ValueError(f"dataset '{name}' is not in TFDS; use one of {', '.join(DATASETS)}")
+  else:
+    raise ValueError(f"unknown dataset '{config.dataset}'; use one of {', '.join(DATASETS)}")
+  if config.class_subset:
+    train, test, num_classes = _apply_class_subset(train, test, config.class_subset, num_classes)
+  as_arrays = lambda images, labels: (np.ascontiguousarray(images, np.uint8),
+                                      np.asarray(labels, np.int32))
+  (train_x, train_y), (test_x, test_y) = as_arrays(*train), as_arrays(*test)
+  return DataSplits(train_x, train_y, test_x, test_y, num_classes, dataset_metric(name), name)

@@ -38,13 +38,18 @@ def check_override_keys(argv):
     return
   import importlib.util  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
+  path, _, variant = path.partition(':')
   if not os.path.exists(path):
     print(f'error: config file {path} does not exist; see configs/ for the experiments', file=sys.stderr)
     sys.exit(2)
   spec = importlib.util.spec_from_file_location('experiment_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  try:
+    config = module.get_config(variant) if variant else module.get_config()
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   for arg in argv:
     if not arg.startswith('--config.'):
       continue

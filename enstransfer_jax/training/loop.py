@@ -36,7 +36,10 @@ class Experiment:
     self.model = models.create_model(config.model, data.num_classes, width=config.width,
                                      dtype=dtype)
     self.steps_per_epoch = len(batches.batch_slices(len(data.train_labels), config.batch_size))
-    self.lr_fn = schedules.create_learning_rate_fn(config, self.steps_per_epoch)
+    # The schedules are pure functions of the global step; tabulate them once for the host loop.
+    steps = np.arange(schedules.total_epochs(config) * self.steps_per_epoch)
+    self.lrs = np.asarray(schedules.create_learning_rate_fn(config, self.steps_per_epoch)(steps))
+    self.moms = np.asarray(schedules.create_momentum_fn(config, self.steps_per_epoch)(steps))
     self.finished = {}  # member index -> variables (host pytrees)
     self.pretrained = {}  # ckpt path -> variables
     self._flat_params = {}  # member index -> flat parameter vector (WO)
@@ -130,7 +133,6 @@ class Experiment:
     member_ids = jnp.asarray([m.index for m in stage], jnp.int32)
     n = len(self.data.train_labels)
     slices = batches.batch_slices(n, c.batch_size)
-    rng = np.random.default_rng([c.seed, stage[0].index, 7])
     for epoch in range(1, stage[0].epochs + 1):
       orders = [batches.epoch_order(c.seed, m.index, epoch, n) for m in stage]
       running = None
@@ -140,11 +142,12 @@ class Experiment:
         idx = np.stack([o[lo:hi] for o in orders])
         local_step = (epoch - 1) * self.steps_per_epoch + b
         gsteps = [(m.epoch_offset * self.steps_per_epoch) + local_step for m in stage]
-        lrs = jnp.asarray([self.lr_fn(s) for s in gsteps], jnp.float32)
+        lrs, moms = self.lrs[gsteps].astype(np.float32), self.moms[gsteps].astype(np.float32)
         state, step_metrics = train_step(
             state, self.data.train_images[idx], self.data.train_labels[idx].astype(np.int32),
-            member_ids, jnp.full((k,), local_step, jnp.int32), lrs,
-            self.aux_for_step(terms, stage[0], rng))
+            member_ids, jnp.full((k,), local_step, jnp.int32), lrs, moms,
+            self.aux_for_step(terms, stage[0], np.random.default_rng([c.seed, stage[0].index,
+                                                                        local_step])))
         weight = hi - lo
         scaled = jax.tree_util.tree_map(lambda v: v * weight, step_metrics)
         running = scaled if running is None else jax.tree_util.tree_map(jnp.add, running, scaled)

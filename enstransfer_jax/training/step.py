@@ -1,13 +1,14 @@
 """The jitted train and eval steps, for a stack of K members on a leading axis.
 
-train_step(state, images, labels, member_ids, member_steps, lrs, aux) -> (state, metrics)
+train_step(state, images, labels, member_ids, member_steps, lrs, moms, aux) -> (state, metrics)
   state        TrainState with a leading member axis [K, ...]
   images       uint8 [K, B, H, W, 3] raw images (augmented here, on the device)
   labels       int32 [K, B]
   member_ids   int32 [K] 1-based member numbers; with member_steps [K] they seed each
                member's augmentation, so a member sees the same randomness whether it trains
                alone or beside others
-  lrs          float32 [K] learning rate of each member at this step
+  lrs, moms    float32 [K] learning rate and momentum (SGD) / beta1 (AdamW) of each member at
+               this step (torch's CyclicLR cycles the momentum too)
   aux          shared, unbatched inputs of the regularisers: 'reg' (variables of the
                feature-map regulariser), 'wo' (flat parameters of an earlier member), 'prev'
                (variables of an earlier member)
@@ -92,19 +93,19 @@ def make_train_step(model, tx, config, terms: Terms):
                           image_size=config.image_size, interpolation=config.interpolation)
   base_key = jax.random.PRNGKey(config.seed)
 
-  def one(state, images, labels, member_id, member_step, lr, aux):
+  def one(state, images, labels, member_id, member_step, lr, mom, aux):
     key = jax.random.fold_in(jax.random.fold_in(base_key, member_id), member_step)
     x = aug(key, images)
     grad_fn = jax.grad(functools.partial(_member_loss, model, terms), has_aux=True)
     grads, (parts, logits, batch_stats) = grad_fn(state.params, state.batch_stats, x, labels, aux)
-    direction, opt_state = tx.update(grads, state.opt_state, state.params)
+    direction, opt_state = tx.update(grads, state.opt_state, state.params, momentum=mom)
     params = optim.apply_direction(state.params, direction, lr)
     metrics = dict(parts)
     metrics['loss'] = sum(v for k, v in parts.items() if k != 'rtd_host_seconds')
     metrics['acc'] = jnp.mean(jnp.argmax(logits, -1) == labels)
     return TrainState(params, batch_stats, opt_state), metrics
 
-  stacked = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None))
+  stacked = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, None))
   return jax.jit(stacked, donate_argnums=(0,))
 
 

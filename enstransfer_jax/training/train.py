@@ -78,6 +78,10 @@ def run(config, workdir=None):
       config.ckpt = os.path.join(pre_dir, 'members', '1', 'checkpoint')
 
   data = datasets.load_dataset(config)
+  wd.write_json(os.path.join(workdir, 'run_info.json'), {
+      'name': config.name, 'model': config.model, 'width': config.width,
+      'num_classes': data.num_classes, 'metric': data.metric, 'dataset': config.dataset,
+      'pretrained': list(config.ckpts) if config.ensemble == 'global_de' else config.ckpt})
   wd.save_npy(os.path.join(workdir, 'test_labels.npy'), data.test_labels.astype(np.int32))
   run_handle = wandb_log.start(config, workdir)
   log = wd.MetricsLog(workdir, run_handle)

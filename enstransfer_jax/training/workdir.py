@@ -1,6 +1,8 @@
 """What a run writes into its work dir, and nothing else.
 
   config.json              the resolved config
+  run_info.json            name, model, width, num_classes, metric, dataset and the pre-trained
+                           checkpoint(s) actually used (the quickstart's own pre-trained model)
   metrics.jsonl            one JSON object per logged event (train / eval / member / summary)
   test_labels.npy          int32 [N_test]
   members/<i>/checkpoint/  orbax checkpoint of member i (params, batch_stats; readable by

@@ -1,0 +1,17 @@
+"""StarSSE-WO: StarSSE with weight orthogonalisation, wo_beta 10, fge_lr = 2 x lr
+(scripts/byol_starsse_wo.py). Members train one after another: each is pushed away from a
+randomly drawn earlier member (other than member 1).
+
+python main.py --config configs/starsse_wo.py --config.seed=1
+"""
+
+from configs import starsse
+
+
+def get_config():
+  c = starsse.get_config()
+  c.name = 'starsse_wo'
+  c.fge_lr = 2 * c.lr
+  c.wo_beta = 10.0
+  c.wandb_group = 'BYOL_StarSSE-WO=10'
+  return c

@@ -7,6 +7,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config file',
@@ -21,6 +22,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if _CONFIG.value is None:
     raise app.UsageError('pass --config configs/<experiment>.py')
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   from enstransfer_jax import train  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.errors import user_errors  # pylint: disable=g-import-not-at-top
   with user_errors():

@@ -51,6 +51,26 @@ def validate(config):
           f'{c.batch_size}')
   if c.wandb_mode not in ('auto', 'online', 'offline', 'disabled'):
     _fail(f'wandb_mode={c.wandb_mode!r} is unknown; use auto, online, offline or disabled')
+  from enstransfer_jax import schedules  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  if c.dataset not in datasets.DATASETS:
+    _fail(f'dataset={c.dataset!r} is unknown; use one of {", ".join(sorted(datasets.DATASETS))}')
+  schedules.create_learning_rate_fn(c, 100)  # raises one line for an unknown or bad scheduler
+  check_checkpoints(c)
+
+
+def check_checkpoints(config):
+  """Every pre-trained checkpoint the run will read exists (before anything is written)."""
+  import os  # pylint: disable=g-import-not-at-top
+  if config.pretrain.enabled:
+    return
+  paths = list(config.ckpts) if config.ensemble == 'global_de' else [config.ckpt]
+  for path in paths:
+    if path and not os.path.exists(path):
+      raise FileNotFoundError(
+          f'pre-trained checkpoint {path} does not exist; convert a PyTorch one with: python '
+          f'convert_byol.py IN.pt OUT_DIR, then pass --config.ckpt=OUT_DIR (or ckpt=\'\' to '
+          'train from scratch)')
 
 
 def frozen_prefix(freeze_layers):

@@ -9,12 +9,14 @@ import os
 
 
 def _logged_in():
+  """An API key in the environment or in ~/.netrc (where `wandb login` puts it)."""
   if os.environ.get('WANDB_API_KEY'):
     return True
+  netrc = os.path.expanduser(os.environ.get('NETRC', '~/.netrc'))
   try:
-    import wandb  # pylint: disable=g-import-not-at-top
-    return bool(wandb.api.api_key)
-  except Exception:  # pylint: disable=broad-except
+    with open(netrc) as f:
+      return 'api.wandb.ai' in f.read()
+  except OSError:
     return False
 
 

@@ -1,0 +1,154 @@
+"""End-to-end engine tests on a tiny run: outputs, where members start, optimizer resets,
+summary.json recomputed by hand from the saved probabilities, config errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from enstransfer_jax import checkpoints, train
+from tests import engine_util
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _leaves_equal(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                   jax.tree_util.tree_leaves(b)))
+
+
+def _member(workdir, i):
+  _, variables = checkpoints.load_pretrained(os.path.join(workdir, 'members', str(i), 'checkpoint'))
+  return variables
+
+
+@pytest.fixture(scope='module')
+def starsse_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('starsse'))
+  records = []
+  with engine_util.spy_on_stages(records):
+    summary = train.run(engine_util.tiny_config(star_fge=True, num_fge=4), workdir)
+  return workdir, summary, records
+
+
+def test_every_output_is_written(starsse_run):
+  workdir, summary, _ = starsse_run
+  for name in ('config.json', 'run_info.json', 'metrics.jsonl', 'test_labels.npy', 'summary.json'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  labels = np.load(os.path.join(workdir, 'test_labels.npy'))
+  for i in range(1, 5):
+    probs = np.load(os.path.join(workdir, 'members', str(i), 'test_probs.npy'))
+    assert probs.dtype == np.float32 and probs.shape == (len(labels), 10)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+  events = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  train_events = [e for e in events if e['event'] == 'train']
+  assert {e['member'] for e in train_events} == {1, 2, 3, 4}
+  for key in ('epoch', 'step', 'lr', 'loss', 'ce', 'acc'):
+    assert key in train_events[0]
+  assert json.load(open(os.path.join(workdir, 'summary.json'))) == summary
+
+
+def test_summary_recomputed_by_hand(starsse_run):
+  workdir, summary, _ = starsse_run
+  labels = np.load(os.path.join(workdir, 'test_labels.npy'))
+  probs = [np.load(os.path.join(workdir, 'members', str(i), 'test_probs.npy')) for i in range(1, 5)]
+  preds = [p.argmax(-1) for p in probs]
+  for i, m in enumerate(summary['members']):
+    assert m['test_acc'] == pytest.approx(np.mean(preds[i] == labels))
+  for k, e in enumerate(summary['ensembles'], start=1):
+    avg = np.mean(probs[:k], axis=0)
+    assert e['acc'] == pytest.approx(np.mean(avg.argmax(-1) == labels))
+    assert e['nll'] == pytest.approx(-np.mean(np.log(avg[np.arange(len(labels)), labels])), rel=1e-5)
+  errs = [np.mean(p != labels) for p in preds]
+  pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+  div = np.mean([np.mean(preds[i] != preds[j]) / max(errs[i], errs[j]) for i, j in pairs]) * 100
+  assert summary['diversity'] == pytest.approx(div)
+  assert summary['mean_member_acc'] == pytest.approx(np.mean([np.mean(p == labels) for p in preds]))
+
+
+def test_starsse_members_start_from_member_1(starsse_run):
+  workdir, _, records = starsse_run
+  first = _member(workdir, 1)
+  # Stage 1 is member 1 alone; stage 2 stacks members 2..4 (parallel by default).
+  assert list(records[1]['member_ids']) == [2, 3, 4]
+  start = records[1]['state']
+  for j in range(3):
+    assert _leaves_equal(jax.tree_util.tree_map(lambda x: x[j], start.params), first['params'])
+    assert _leaves_equal(jax.tree_util.tree_map(lambda x: x[j], start.batch_stats),
+                         first['batch_stats'])
+  # Trained members differ from member 1 and from each other.
+  assert not _leaves_equal(_member(workdir, 2)['params'], first['params'])
+  assert not _leaves_equal(_member(workdir, 2)['params'], _member(workdir, 3)['params'])
+
+
+def test_sse_member_k_starts_from_member_k_minus_1_and_optimizer_resets(tmp_path):
+  records = []
+  with engine_util.spy_on_stages(records):
+    train.run(engine_util.tiny_config(star_fge=False), str(tmp_path))
+  assert [list(r['member_ids']) for r in records] == [[1], [2], [3]]
+  for k in (2, 3):
+    prev = _member(str(tmp_path), k - 1)
+    start = jax.tree_util.tree_map(lambda x: x[0], records[k - 1]['state'])
+    assert _leaves_equal(start.params, prev['params'])
+    assert _leaves_equal(start.batch_stats, prev['batch_stats'])
+    # reset_optim_state=True: the momentum buffers are empty at every member boundary.
+    assert all(np.all(x == 0) for x in jax.tree_util.tree_leaves(start.opt_state))
+
+
+def test_without_reset_the_momentum_carries_over(tmp_path):
+  records = []
+  with engine_util.spy_on_stages(records):
+    train.run(engine_util.tiny_config(star_fge=False, num_fge=2, reset_optim_state=False),
+              str(tmp_path))
+  assert any(np.any(x != 0) for x in jax.tree_util.tree_leaves(records[1]['state'].opt_state))
+
+
+def test_finished_run_is_not_retrained(starsse_run, capsys):
+  workdir, summary, _ = starsse_run
+  again = train.run(engine_util.tiny_config(star_fge=True, num_fge=4), workdir)
+  assert again == summary
+  assert 'already holds a finished run' in capsys.readouterr().out
+
+
+def test_workdir_with_a_different_config_is_refused(starsse_run):
+  workdir, _, _ = starsse_run
+  before = open(os.path.join(workdir, 'config.json')).read()
+  with pytest.raises(ValueError, match='different config'):
+    train.run(engine_util.tiny_config(star_fge=True, num_fge=4, lr=0.5), workdir)
+  assert open(os.path.join(workdir, 'config.json')).read() == before
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'fmap_betas': (0.0, 1.0)}, 'fmap_betas has 2 values'),
+    ({'fge_epochs': 1, 'fge_warmup_epochs': 1}, 'must be greater than fge_warmup_epochs'),
+    ({'freeze_layers': ('layer9',)}, "unknown module 'layer9'"),
+    ({'fmap_loss_type': 'L1'}, 'fmap_loss_type'),
+    ({'ensemble': 'bagging'}, "ensemble='bagging' is unknown"),
+    ({'dataset': 'mnist-3d'}, 'mnist-3d'),
+    ({'scheduler': 'exponential'}, 'exponential'),
+])
+def test_config_errors_are_one_line(tmp_path, overrides, message):
+  with pytest.raises(ValueError) as info:
+    train.run(engine_util.tiny_config(**overrides), str(tmp_path / 'run'))
+  assert message in str(info.value) and '\n' not in str(info.value)
+
+
+def test_main_rejects_unknown_key_in_one_line():
+  out = subprocess.run([sys.executable, 'main.py', '--config', 'configs/starsse.py',
+                        '--config.no_such_field=1'], cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 2
+  assert out.stderr.strip().startswith("error: unknown config key 'no_such_field'")
+  assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+  out = subprocess.run([sys.executable, 'main.py', '--config', 'configs/starsse.py',
+                        '--config.dataset=digits', f'--config.ckpt={tmp_path}/byol.pt',
+                        f'--workdir={tmp_path}/run'], cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'byol.pt' in lines[0] and 'convert_byol.py' in lines[0]

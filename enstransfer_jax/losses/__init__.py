@@ -1,0 +1,11 @@
+"""Losses: cross-entropy and the thesis's regularisers (RTD, feature MSE, WO, previous CE)."""
+
+from enstransfer_jax.losses.cross_entropy import cross_entropy
+from enstransfer_jax.losses.cross_entropy import per_sample_cross_entropy
+from enstransfer_jax.losses.feature_mse import feature_mse
+from enstransfer_jax.losses.orthogonal import flatten_params
+from enstransfer_jax.losses.orthogonal import weight_orthogonality
+from enstransfer_jax.losses.prev_ce import prev_ce
+from enstransfer_jax.losses.rtd import pairwise_distances
+from enstransfer_jax.losses.rtd import persistence_pairs
+from enstransfer_jax.losses.rtd import rtd_loss

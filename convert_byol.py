@@ -1,0 +1,56 @@
+"""Converts a PyTorch (BYOL / torchvision) ResNet checkpoint to a Flax one, or back.
+
+  python convert_byol.py INPUT.pt OUTPUT_DIR [--arch ResNet50] [--num-classes N]
+                         [--seed S] [--force] [--trust-pickle]
+  python convert_byol.py --to-torch FLAX_DIR OUT.pt [--force]
+
+The architecture is inferred from the keys unless --arch is given. --num-classes
+replaces a head of another size by a fresh one (torch nn.Linear init, --seed);
+by default the checkpoint's head is kept and training replaces it. --to-torch
+writes {'model_state': state dict}, the format the PyTorch reference loads.
+Exit status: 0 ok, 2 usage error or existing output (nothing touched), 1 other errors.
+"""
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('input', help='torch .pt file (or, with --to-torch, a converted dir)')
+  parser.add_argument('output', help='output dir (or, with --to-torch, a .pt file)')
+  parser.add_argument('--to-torch', action='store_true', help='convert Flax -> torch')
+  parser.add_argument('--arch', default=None, help='ResNet18 | ResNet34 | ResNet50')
+  parser.add_argument('--num-classes', type=int, default=None)
+  parser.add_argument('--seed', type=int, default=0, help='seed of a replaced head')
+  parser.add_argument('--force', action='store_true', help='replace an existing output')
+  parser.add_argument('--trust-pickle', action='store_true',
+                      help='allow Python objects in the torch file (trusted files only)')
+  args = parser.parse_args(argv)
+
+  from enstransfer_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  try:
+    if args.to_torch:
+      info = checkpoints.export_torch(args.input, args.output, force=args.force)
+      print(f'wrote {args.output}: {info["architecture"]} (width {info["width"]}), '
+            f'{info["num_params"]:,} params, {info["num_classes"]} classes, '
+            f'sha256 {info["sha256"]}')
+    else:
+      meta = checkpoints.convert_file(
+          args.input, args.output, arch=args.arch, num_classes=args.num_classes,
+          seed=args.seed, force=args.force, trust_pickle=args.trust_pickle)
+      head = ' (new head)' if meta.get('head_replaced') else ''
+      print(f'wrote {args.output}: {meta["architecture"]} (width {meta["width"]}), '
+            f'{meta["num_params"]:,} params, {meta["num_classes"]} classes{head}, '
+            f'source sha256 {meta["source_sha256"]}')
+  except FileExistsError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  except (ValueError, FileNotFoundError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

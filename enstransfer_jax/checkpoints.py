@@ -1,0 +1,341 @@
+"""Exact PyTorch <-> Flax conversion of torchvision ResNet checkpoints, and their storage.
+
+Flax module paths equal torch's dotted module names (layer1/0/downsample/0 is
+'layer1.0.downsample.0'), so the whole name map is this table of leaf names:
+
+  flax collection / leaf        torch suffix      layout
+  params      / kernel (4-D)    .weight           conv  HWIO  <-> OIHW
+  params      / kernel (2-D)    .weight           fc    (in, out) <-> (out, in)
+  params      / scale           .weight           BN
+  params      / bias            .bias             BN, fc
+  batch_stats / mean            .running_mean     BN
+  batch_stats / var             .running_var      BN
+  (none)                        .num_batches_tracked  ignored; written as 0
+
+A converted checkpoint is a directory: `variables/` (orbax PyTree checkpoint of
+{'params', 'batch_stats'}) and `metadata.json` (architecture, num_classes, width,
+num_params, source file name and sha256). It is written into OUT.tmp-xxxx and
+renamed, so a failure leaves nothing half-written. Torch is imported only inside
+the functions that read or write torch files.
+"""
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+import shutil
+from typing import Any, Dict, Mapping, Optional, Tuple
+import uuid
+
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from enstransfer_jax.models import resnet
+
+_LEAVES = {  # (collection, flax leaf) -> torch suffix
+    ('params', 'kernel'): 'weight',
+    ('params', 'scale'): 'weight',
+    ('params', 'bias'): 'bias',
+    ('batch_stats', 'mean'): 'running_mean',
+    ('batch_stats', 'var'): 'running_var',
+}
+# Forward order of module and leaf names: sorting by it gives torchvision's key order.
+_ORDER = ('conv1', 'bn1', 'conv2', 'bn2', 'conv3', 'bn3', 'downsample', 'layer1',
+          'layer2', 'layer3', 'layer4', 'fc', 'kernel', 'scale', 'bias', 'mean', 'var')
+_WRAPPERS = ('model_state', 'state_dict', 'model')  # where checkpoints keep the state dict
+_HOW_TO = 'convert a PyTorch one with: python convert_byol.py IN.pt OUT_DIR'
+
+
+def _to_torch_layout(a):
+  a = np.asarray(a)
+  return a.transpose(3, 2, 0, 1) if a.ndim == 4 else (a.T if a.ndim == 2 else a)
+
+
+def _to_flax_layout(a):
+  return a.transpose(2, 3, 1, 0) if a.ndim == 4 else (a.T if a.ndim == 2 else a)
+
+
+def _torch_order(path):
+  """Sort key giving torchvision's state-dict order (forward order of modules)."""
+  return tuple(int(p) if p.isdigit() else _ORDER.index(p) if p in _ORDER else 99
+               for p in path)
+
+
+def name_map(variables) -> Dict[str, Tuple[str, Tuple[str, ...]]]:
+  """torch key -> (collection, flax path) for every leaf, in torchvision's key order."""
+  leaves = [(col, path) for col in ('params', 'batch_stats')
+            for path in traverse_util.flatten_dict(dict(variables[col]))]
+  leaves.sort(key=lambda cp: _torch_order(cp[1]))
+  return {'.'.join(path[:-1] + (_LEAVES[(col, path[-1])],)): (col, path)
+          for col, path in leaves}
+
+
+def infer_arch(keys) -> str:
+  """'ResNet18' | 'ResNet34' | 'ResNet50' from torch-style keys (blocks per stage)."""
+  keys = list(keys)
+  stages = []
+  for i in range(1, 5):
+    idx = [int(k.split('.')[1]) for k in keys
+           if k.startswith(f'layer{i}.') and k.split('.')[1].isdigit()]
+    stages.append(max(idx) + 1 if idx else 0)
+  bottleneck = any(k.startswith('layer1.0.conv3.') for k in keys)
+  for arch, (block, sizes) in resnet.ARCHS.items():
+    if tuple(stages) == sizes and (block == 'bottleneck') == bottleneck:
+      return arch
+  raise ValueError(f'not a ResNet-18/34/50 state dict: blocks per stage {stages}, '
+                   f'bottleneck={bottleneck}, first keys {keys[:3]}')
+
+
+def describe(variables) -> Dict[str, Any]:
+  """architecture, num_classes, width and num_params of ResNet variables."""
+  params = variables['params']
+  return {
+      'architecture': infer_arch('.'.join(p) for p in
+                                 traverse_util.flatten_dict(dict(params))),
+      'num_classes': int(params['fc']['bias'].shape[0]),
+      'width': int(params['conv1']['kernel'].shape[-1]),
+      'num_params': int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params))),
+  }
+
+
+def _numpy(v):
+  if hasattr(v, 'detach'):  # torch tensor; bf16/fp16 go through float32
+    v = v.detach().cpu()
+    v = v.float() if v.is_floating_point() else v
+    return v.numpy()
+  return np.asarray(v)
+
+
+def torch_to_flax(state_dict: Mapping[str, Any], arch: str,
+                  num_classes: Optional[int] = None, *, rng=None) -> Dict[str, Any]:
+  """A torchvision ResNet state dict -> {'params', 'batch_stats'} of float32 numpy.
+
+  `state_dict` may also be a whole checkpoint (see unwrap_state_dict). Width is
+  read from conv1. If `num_classes` is given and differs from the checkpoint's
+  head, the head is replaced by a fresh torch-Linear-initialised one (from `rng`,
+  default PRNGKey(0)), as the reference does when fine-tuning on a new dataset.
+  """
+  sd = {k: _numpy(v) for k, v in unwrap_state_dict(state_dict).items()}
+  arch = resnet.canonical_name(arch)
+  width = sd['conv1.weight'].shape[0] if 'conv1.weight' in sd else 64
+  ckpt_classes = sd['fc.bias'].shape[0] if 'fc.bias' in sd else 1000
+  model = resnet.create_model(arch, int(ckpt_classes), width=int(width))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, 32, 32, 3))))
+  table = name_map(shapes)
+  given = [k for k in sd if not k.endswith('num_batches_tracked')]
+  missing = [k for k in table if k not in sd]
+  unexpected = [k for k in given if k not in table]
+  if missing or unexpected:
+    raise ValueError(f'state dict is not a torchvision {arch} (width {width}): '
+                     f'missing {_first(missing)}, unexpected {_first(unexpected)}')
+  flat = {'params': {}, 'batch_stats': {}}
+  for key, (col, path) in table.items():
+    value = sd[key]
+    expected = _to_torch_layout(np.empty(_shape_at(shapes[col], path), np.uint8)).shape
+    if value.shape != expected:
+      raise ValueError(f'shape mismatch for {key!r}: expected {expected}, got '
+                       f'{tuple(value.shape)}')
+    flat[col][path] = np.array(_to_flax_layout(value), np.float32, order='C')  # a copy
+  variables = {c: traverse_util.unflatten_dict(f) for c, f in flat.items()}
+  if num_classes is not None and num_classes != ckpt_classes:
+    logging.info('replacing the %d-class head by a fresh %d-class one',
+                 ckpt_classes, num_classes)
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    variables = resnet.replace_head(variables, num_classes, rng)
+    variables['params']['fc'] = jax.tree_util.tree_map(
+        np.asarray, variables['params']['fc'])
+  return variables
+
+
+def flax_to_torch(variables) -> Dict[str, Any]:
+  """{'params', 'batch_stats'} -> torchvision-layout state dict of torch tensors."""
+  import torch  # pylint: disable=g-import-not-at-top
+  for col in ('params', 'batch_stats'):
+    if col not in variables:
+      raise ValueError(f'variables lack {col!r}; expected {{"params", "batch_stats"}}')
+  table = name_map(variables)
+  sd = {}
+  for key, (col, path) in table.items():
+    leaf = _shape_at(variables[col], path, value=True)
+    sd[key] = torch.from_numpy(np.array(_to_torch_layout(leaf), np.float32))
+    if key.endswith('.running_var'):
+      sd[key[:-len('running_var')] + 'num_batches_tracked'] = torch.tensor(0)
+  return sd
+
+
+def _shape_at(tree, path, value=False):
+  for p in path:
+    tree = tree[p]
+  return tree if value else tree.shape
+
+
+def _first(keys):
+  if not keys:
+    return 'none'
+  return repr(keys[0]) + (f' (+{len(keys) - 1} more)' if len(keys) > 1 else '')
+
+
+def unwrap_state_dict(obj, source: str = 'checkpoint') -> Dict[str, Any]:
+  """The state dict inside a checkpoint: under model_state | state_dict | model, or bare.
+
+  A leading 'module.' (DataParallel) is stripped from every key.
+  """
+  if not isinstance(obj, Mapping):
+    raise ValueError(f'{source} holds a {type(obj).__name__}, not a dict with a state dict')
+  for key in _WRAPPERS:
+    if isinstance(obj.get(key), Mapping):
+      obj = obj[key]
+      break
+  sd = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in obj.items()}
+  if not sd or not all(hasattr(v, 'shape') for v in sd.values()):
+    raise ValueError(f'{source} holds no state dict (top-level keys '
+                     f'{list(sd)[:5]}); expected tensors, possibly under one of '
+                     f'{", ".join(_WRAPPERS)}')
+  return sd
+
+
+def read_torch_checkpoint(path, *, trust_pickle: bool = False) -> Dict[str, Any]:
+  """The state dict of a torch .pt/.pth file (tensors; see unwrap_state_dict)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'no PyTorch checkpoint file at {path}')
+  try:
+    obj = torch.load(path, map_location='cpu', weights_only=not trust_pickle)
+  except Exception as e:  # pylint: disable=broad-except
+    msg = str(e)
+    if 'Unsupported global' in msg:
+      what = msg[msg.index('Unsupported global'):].split('\n')[0].strip()
+      raise ValueError(f'{path} holds Python objects besides tensors ({what}); if you '
+                       'trust the file, pass --trust-pickle (trust_pickle=True)') from None
+    raise ValueError(f'{path} is not a readable PyTorch checkpoint '
+                     f'({type(e).__name__}: {msg.splitlines()[0] if msg else ""})') from None
+  return unwrap_state_dict(obj, source=str(path))
+
+
+def sha256(path) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _check_absent(out, force):
+  if out.exists() and not force:
+    raise FileExistsError(f'{out} already exists; pass --force (force=True) to replace it')
+
+
+def _tmp_name(out: Path) -> Path:
+  return out.with_name(f'{out.name}.tmp-{uuid.uuid4().hex[:8]}')
+
+
+def _atomic_install(tmp: Path, out: Path):
+  """Renames tmp to out, replacing an existing out only once tmp is complete."""
+  old = None
+  if out.exists() or out.is_symlink():
+    old = out.with_name(f'{out.name}.old-{uuid.uuid4().hex[:8]}')
+    os.rename(out, old)
+  os.rename(tmp, out)
+  if old is not None and old.is_dir() and not old.is_symlink():
+    shutil.rmtree(old)
+  elif old is not None:
+    old.unlink()
+
+
+def save_converted(out_dir, variables, metadata: Optional[Mapping[str, Any]] = None,
+                   *, force: bool = False) -> Dict[str, Any]:
+  """Writes variables (orbax) and metadata.json to out_dir atomically; returns the metadata."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  out = Path(out_dir).absolute()
+  _check_absent(out, force)
+  tree = {c: jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32),
+                                    traverse_util.unflatten_dict(
+                                        traverse_util.flatten_dict(dict(variables[c]))))
+          for c in ('params', 'batch_stats')}
+  meta = {'format': 'enstransfer_jax.resnet/1', **describe(tree)}
+  for k, v in dict(metadata or {}).items():
+    if k == 'architecture' and resnet.canonical_name(v) != meta[k]:
+      raise ValueError(f'metadata says {v} but the variables are a {meta[k]}')
+    meta.setdefault(k, v)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = _tmp_name(out)
+  tmp.mkdir()
+  try:
+    ocp.PyTreeCheckpointer().save(tmp / 'variables', tree)
+    (tmp / 'metadata.json').write_text(json.dumps(meta, indent=2, sort_keys=True) + '\n')
+    _atomic_install(tmp, out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return meta
+
+
+def read_metadata(ckpt_dir) -> Dict[str, Any]:
+  path = Path(ckpt_dir) / 'metadata.json'
+  if not path.is_file():
+    raise ValueError(f'{ckpt_dir} is not a converted checkpoint (no metadata.json); '
+                     f'{_HOW_TO}')
+  try:
+    return json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f'{path} is not valid JSON ({e}); reconvert the checkpoint') from None
+
+
+def load_pretrained(path, arch: Optional[str] = None, *,
+                    trust_pickle: bool = False) -> Tuple[str, Dict[str, Any]]:
+  """(architecture, {'params', 'batch_stats'}) from a converted dir or a torch .pt file.
+
+  For a .pt file the architecture is inferred from its keys unless `arch` is given.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  p = Path(path)
+  if not p.exists():
+    raise FileNotFoundError(f'no pre-trained checkpoint at {p}; {_HOW_TO}')
+  if not p.is_dir():
+    sd = read_torch_checkpoint(p, trust_pickle=trust_pickle)
+    name = resnet.canonical_name(arch) if arch else infer_arch(sd)
+    return name, torch_to_flax(sd, name)
+  meta = read_metadata(p)
+  name = resnet.canonical_name(meta.get('architecture', '?'))
+  if arch and resnet.canonical_name(arch) != name:
+    raise ValueError(f'{p} holds a {name}, not the requested {arch}')
+  tree = ocp.PyTreeCheckpointer().restore((p / 'variables').absolute())
+  return name, {'params': tree['params'], 'batch_stats': tree['batch_stats']}
+
+
+def convert_file(in_path, out_dir, *, arch: Optional[str] = None,
+                 num_classes: Optional[int] = None, seed: int = 0,
+                 force: bool = False, trust_pickle: bool = False) -> Dict[str, Any]:
+  """torch .pt -> converted directory (what convert_byol.py runs); returns the metadata."""
+  _check_absent(Path(out_dir).absolute(), force)
+  sd = read_torch_checkpoint(in_path, trust_pickle=trust_pickle)
+  name = resnet.canonical_name(arch) if arch else infer_arch(sd)
+  variables = torch_to_flax(sd, name, num_classes, rng=jax.random.PRNGKey(seed))
+  src_classes = _numpy(sd['fc.bias']).shape[0]
+  meta = {'source': Path(in_path).name, 'source_sha256': sha256(in_path),
+          'head_replaced': bool(num_classes is not None and num_classes != src_classes)}
+  if meta['head_replaced']:
+    meta['head_seed'] = seed
+  return save_converted(out_dir, variables, meta, force=force)
+
+
+def export_torch(ckpt, out_file, *, force: bool = False) -> Dict[str, Any]:
+  """Converted dir (or .pt) -> torch file {'model_state': state dict}, the reference's format."""
+  import torch  # pylint: disable=g-import-not-at-top
+  out = Path(out_file).absolute()
+  _check_absent(out, force)
+  _, variables = load_pretrained(ckpt)
+  sd = flax_to_torch(variables)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = _tmp_name(out)
+  try:
+    torch.save({'model_state': sd}, tmp)
+    os.replace(tmp, out)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return {**describe(variables), 'sha256': sha256(out)}

@@ -1,0 +1,249 @@
+"""Torchvision-layout ResNet-18/34/50 ("v1.5") in Flax, returning logits and feature maps.
+
+Layout (as torchvision.models.resnet, channels scaled by `width`, 64 = torchvision):
+7x7/2 stem conv (pad 3, no bias) -> BN -> ReLU -> 3x3/2 max-pool (pad 1, -inf) ->
+layer1..layer4 (stride 1, 2, 2, 2; the stride of a bottleneck sits on its 3x3 conv)
+-> global average pool -> fc. All paddings are explicit and symmetric like torch's
+(Flax 'SAME' pads asymmetrically on stride 2 and is not equivalent).
+
+  logits, features = model.apply(variables, x, train=False)
+
+x is NHWC float; features is a tuple of five float32 arrays: the NHWC outputs of
+layer1, layer2, layer3, layer4, then the pooled vector (N, 8 * width * expansion);
+index i is the reference's `fmap_betas[i]` map (flattened there per sample).
+With train=True the BatchNorms use batch statistics: call with
+mutable=['batch_stats'] to get the updated running statistics.
+
+Module names mirror the torch state dict, so the name map is a table of leaf names
+(see enstransfer_jax/checkpoints.py): conv1, bn1, layer{1..4}/{block index}/
+{conv1, bn1, conv2, bn2[, conv3, bn3], downsample/0 (1x1 conv), downsample/1 (BN)}, fc.
+
+Initialisation as torchvision: convs kaiming_normal(fan_out, relu), BN scale 1 and
+bias 0, fc weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (torch nn.Linear).
+"""
+
+import math
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from enstransfer_jax.models.batchnorm import BatchNorm
+
+# Top-level modules in forward order; stop_gradient_after / frozen_bn / the
+# reference's freeze_layers use these names.
+MODULE_NAMES = ('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3',
+                'layer4', 'fc')
+_BN_MODULES = ('bn1', 'layer1', 'layer2', 'layer3', 'layer4')
+
+# name -> (block type, blocks per stage)
+ARCHS = {
+    'ResNet18': ('basic', (2, 2, 2, 2)),
+    'ResNet34': ('basic', (3, 4, 6, 3)),
+    'ResNet50': ('bottleneck', (3, 4, 6, 3)),
+}
+_DTYPES = ('float32', 'bfloat16', 'float16')
+
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def torch_linear_init(fan_in: int):
+  """torch nn.Linear's default init for weight and bias: U(-1/sqrt(fan_in), +)."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def canonical_name(name: str) -> str:
+  """'resnet50', 'ImageNetResNet50', 'ResNet50' -> 'ResNet50'; ValueError otherwise."""
+  key = str(name).lower().replace('imagenet', '', 1).replace('-', '')
+  for arch in ARCHS:
+    if key == arch.lower():
+      return arch
+  valid = ', '.join(list(ARCHS) + ['ImageNet' + a for a in ARCHS])
+  raise ValueError(f'unknown model {name!r}; valid names: {valid}')
+
+
+def _conv(features, kernel, stride, pad, dtype, name):
+  return nn.Conv(features, (kernel, kernel), (stride, stride),
+                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
+                 param_dtype=jnp.float32, kernel_init=conv_kernel_init, name=name)
+
+
+class Downsample(nn.Module):
+  """Projection shortcut: '0' 1x1 strided conv, '1' BatchNorm (torch's Sequential)."""
+  features: int
+  stride: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, frozen):
+    x = _conv(self.features, 1, self.stride, 0, self.dtype, '0')(x)
+    return BatchNorm(dtype=self.dtype, name='1')(x, frozen)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs (stride on the first) plus shortcut; expansion 1."""
+  planes: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, frozen):
+    out = _conv(self.planes, 3, self.stride, 1, self.dtype, 'conv1')(x)
+    out = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(out, frozen))
+    out = _conv(self.planes, 3, 1, 1, self.dtype, 'conv2')(out)
+    out = BatchNorm(dtype=self.dtype, name='bn2')(out, frozen)
+    if self.stride != 1 or x.shape[-1] != self.planes:
+      x = Downsample(self.planes, self.stride, self.dtype, name='downsample')(x, frozen)
+    return nn.relu(out + x)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (strided, v1.5) -> 1x1 (4x planes) plus shortcut; expansion 4."""
+  planes: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, frozen):
+    out_features = self.planes * self.expansion
+    out = _conv(self.planes, 1, 1, 0, self.dtype, 'conv1')(x)
+    out = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(out, frozen))
+    out = _conv(self.planes, 3, self.stride, 1, self.dtype, 'conv2')(out)
+    out = nn.relu(BatchNorm(dtype=self.dtype, name='bn2')(out, frozen))
+    out = _conv(out_features, 1, 1, 0, self.dtype, 'conv3')(out)
+    out = BatchNorm(dtype=self.dtype, name='bn3')(out, frozen)
+    if self.stride != 1 or x.shape[-1] != out_features:
+      x = Downsample(out_features, self.stride, self.dtype, name='downsample')(x, frozen)
+    return nn.relu(out + x)
+
+
+class ResLayer(nn.Module):
+  """One stage: blocks named '0', '1', ... (torch's nn.Sequential indices)."""
+  block: str
+  planes: int
+  num_blocks: int
+  stride: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, frozen):
+    block_cls = BasicBlock if self.block == 'basic' else Bottleneck
+    for i in range(self.num_blocks):
+      stride = self.stride if i == 0 else 1
+      x = block_cls(self.planes, stride, self.dtype, name=str(i))(x, frozen)
+    return x
+
+
+class ResNet(nn.Module):
+  """Torchvision ResNet; see the module docstring for the call convention."""
+  block: str  # 'basic' | 'bottleneck'
+  stage_sizes: Sequence[int]
+  num_classes: int
+  width: int = 64
+  dtype: Any = jnp.float32  # compute dtype; params and batch stats stay float32
+  arch: str = ''  # canonical name, for checkpoints and logs
+
+  @nn.compact
+  def __call__(self, x, train: bool = False,
+               stop_gradient_after: Optional[str] = None,
+               frozen_bn: Tuple[str, ...] = ()):
+    """Returns (logits, (layer1, layer2, layer3, layer4, pooled)), all float32.
+
+    stop_gradient_after: apply lax.stop_gradient to that module's output, so no
+      gradient reaches the parameters below it (static; one of MODULE_NAMES).
+    frozen_bn: module names whose BatchNorms use running averages (and do not
+      update them) even when train=True (static; names without a BN are no-ops).
+    """
+    _check_call(x, stop_gradient_after, frozen_bn)
+    frozen = lambda name: (not train) or (name in frozen_bn)
+
+    def cut(name, y):
+      return jax.lax.stop_gradient(y) if stop_gradient_after == name else y
+
+    x = x.astype(self.dtype)
+    x = cut('conv1', _conv(self.width, 7, 2, 3, self.dtype, 'conv1')(x))
+    x = cut('bn1', BatchNorm(dtype=self.dtype, name='bn1')(x, frozen('bn1')))
+    x = cut('relu', nn.relu(x))
+    x = cut('maxpool', nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))))
+    features = []
+    for i, size in enumerate(self.stage_sizes):
+      name = f'layer{i + 1}'
+      layer = ResLayer(self.block, self.width * 2**i, size, 1 if i == 0 else 2,
+                       self.dtype, name=name)
+      x = cut(name, layer(x, frozen(name)))
+      features.append(x.astype(jnp.float32))
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    features.append(pooled)
+    fc = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                  kernel_init=torch_linear_init(pooled.shape[-1]),
+                  bias_init=torch_linear_init(pooled.shape[-1]), name='fc')
+    logits = cut('fc', fc(pooled.astype(self.dtype))).astype(jnp.float32)
+    return logits, tuple(features)
+
+
+def _check_call(x, stop_gradient_after, frozen_bn):
+  if x.ndim != 4 or x.shape[-1] != 3:
+    raise ValueError(f'expected NHWC images of shape (N, H, W, 3), got {x.shape}; '
+                     'transpose NCHW batches with x.transpose(0, 2, 3, 1)')
+  if stop_gradient_after is not None and stop_gradient_after not in MODULE_NAMES:
+    raise ValueError(f'stop_gradient_after={stop_gradient_after!r} is not a module '
+                     f'name; use one of {", ".join(MODULE_NAMES)} or None')
+  if isinstance(frozen_bn, str):
+    raise ValueError(f'frozen_bn must be a tuple of module names, got the string '
+                     f'{frozen_bn!r}; write ({frozen_bn!r},)')
+  bad = [n for n in frozen_bn if n not in MODULE_NAMES]
+  if bad:
+    raise ValueError(f'frozen_bn has unknown module name(s) {bad}; use names from '
+                     f'{", ".join(MODULE_NAMES)}')
+
+
+def create_model(name: str, num_classes: int, *, width: int = 64,
+                 dtype: Any = jnp.float32) -> ResNet:
+  """ResNet18|34|50 (or the reference's ImageNetResNet18|34|50) as a Flax module."""
+  arch = canonical_name(name)
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
+  if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+    raise ValueError(f'width must be a positive int (64 = torchvision), got {width!r}')
+  try:
+    dt = jnp.dtype(dtype)
+  except TypeError:
+    dt = None
+  if dt is None or dt.name not in _DTYPES:
+    raise ValueError(f'dtype must be one of {", ".join(_DTYPES)}, got {dtype!r}')
+  block, stages = ARCHS[arch]
+  return ResNet(block=block, stage_sizes=stages, num_classes=num_classes,
+                width=width, dtype=dt, arch=arch)
+
+
+def init_variables(model: ResNet, rng, image_size: int = 32):
+  """Fresh {'params', 'batch_stats'} for `model` (jitted init on a dummy batch)."""
+  x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  return jax.jit(lambda r: model.init(r, x, train=False))(rng)
+
+
+def replace_head(variables, num_classes: int, rng):
+  """A copy of `variables` whose fc is freshly initialised with `num_classes` outputs.
+
+  Init as torch nn.Linear: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+  """
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
+  params = dict(variables['params'])
+  if 'fc' not in params:
+    raise ValueError('variables have no params["fc"]; expected ResNet variables')
+  fan_in = params['fc']['kernel'].shape[0]
+  k_rng, b_rng = jax.random.split(rng)
+  init = torch_linear_init(fan_in)
+  params['fc'] = {'kernel': init(k_rng, (fan_in, num_classes)),
+                  'bias': init(b_rng, (num_classes,))}
+  out = dict(variables)
+  out['params'] = params
+  return out

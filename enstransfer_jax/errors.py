@@ -10,8 +10,13 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointErro
 
 @contextlib.contextmanager
 def user_errors():
+  from enstransfer_jax.training.resume import Interrupted  # pylint: disable=g-import-not-at-top
   try:
     yield
+  except Interrupted as e:
+    print(f'interrupted at {e}; progress saved: run the same command again to resume',
+          file=sys.stderr, flush=True)
+    sys.exit(130)
   except USER_ERRORS as e:  # pylint: disable=catching-non-exception
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     print(f'error: {message}', file=sys.stderr, flush=True)

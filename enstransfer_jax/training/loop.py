@@ -6,6 +6,8 @@ Where a member starts: resume from the work dir is handled by `resume.py`; other
 member k starts from member k-1, StarSSE member k from member 1.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +15,7 @@ from tqdm import tqdm
 
 from enstransfer_jax import checkpoints, losses, metrics, models, optim, schedules
 from enstransfer_jax.data import batches
-from enstransfer_jax.training import config_check, plan as plan_lib, step as step_lib
+from enstransfer_jax.training import config_check, plan as plan_lib, resume, step as step_lib
 from enstransfer_jax.training import workdir as wd
 
 _BN_MODULES = ('bn1', 'layer1', 'layer2', 'layer3', 'layer4')
@@ -43,6 +45,8 @@ class Experiment:
     self.finished = {}  # member index -> variables (host pytrees)
     self.pretrained = {}  # ckpt path -> variables
     self._flat_params = {}  # member index -> flat parameter vector (WO)
+    self._last_opt_state = None  # carried between members when reset_optim_state=False
+    self.progress = resume.Progress(workdir)
     self.eval_step = step_lib.make_eval_step(self.model, config)
 
   # Where members start.
@@ -114,31 +118,46 @@ class Experiment:
     return self._flat_params[index]
 
   # Training.
-  def train_stage(self, stage):
-    c, k = self.config, len(stage)
-    names = ', '.join(str(m.index) for m in stage)
-    print(f'== member{"s" if k > 1 else ""} {names}: {stage[0].epochs} epochs from '
-          f'{stage[0].init}{" (in parallel)" if k > 1 else ""}', flush=True)
-    terms = self.terms(stage[0])
-    frozen = set(c.freeze_layers) if terms.stop_gradient_after or (
-        c.freeze_layers and plan_lib.is_cycle(stage[0])) else set()
+  def start_state(self, stage, tx):
     inits = [self.initial_variables(m) for m in stage]
     params = stack([v['params'] for v in inits])
-    tx = optim.create_optimizer(c, self.trainable_mask(inits[0]['params'], frozen))
     opt_state = jax.vmap(tx.init)(params)
-    if not c.reset_optim_state and getattr(self, '_last_opt_state', None) is not None:
+    if not self.config.reset_optim_state and self._last_opt_state is not None:
       opt_state = self._last_opt_state
-    state = step_lib.TrainState(params, stack([v['batch_stats'] for v in inits]), opt_state)
+    return step_lib.TrainState(params, stack([v['batch_stats'] for v in inits]), opt_state)
+
+  def train_stage(self, s, stage, position=None):
+    """Trains stage number s; `position` (from resume.Progress) continues an interrupted one."""
+    c, k = self.config, len(stage)
+    names = ', '.join(str(m.index) for m in stage)
+    terms = self.terms(stage[0])
+    frozen = set(c.freeze_layers) if plan_lib.is_cycle(stage[0]) else set()
+    tx = optim.create_optimizer(c, self.trainable_mask(self.initial_variables(stage[0])['params'],
+                                                       frozen))
+    state = self.start_state(stage, tx)
+    done_epochs, done_batches, running = 0, 0, None
+    if position is not None and (position['epoch'] or position['batch']):
+      state = self.progress.restore(state, position)
+      done_epochs, done_batches = position['epoch'], position['batch']
+      running = {key: np.asarray(v, np.float32) for key, v in position['running'].items()} or None
+    elif position is not None and not c.reset_optim_state:  # the previous member's momentum
+      state = state.replace(opt_state=self.progress.restore(state, position).opt_state)
+    print(f'== member{"s" if k > 1 else ""} {names}: {stage[0].epochs} epochs from '
+          f'{stage[0].init}{" (in parallel)" if k > 1 else ""}'
+          + (f', resumed at epoch {done_epochs + 1} batch {done_batches}' if position else ''),
+          flush=True)
     train_step = step_lib.make_train_step(self.model, tx, c, terms)
     member_ids = jnp.asarray([m.index for m in stage], jnp.int32)
     n = len(self.data.train_labels)
     slices = batches.batch_slices(n, c.batch_size)
-    for epoch in range(1, stage[0].epochs + 1):
+    for epoch in range(done_epochs + 1, stage[0].epochs + 1):
       orders = [batches.epoch_order(c.seed, m.index, epoch, n) for m in stage]
-      running = None
-      bar = tqdm(slices, desc=f'member {names} epoch {epoch}/{stage[0].epochs}',
+      first = done_batches if epoch == done_epochs + 1 else 0
+      running = running if first else None
+      bar = tqdm(slices, desc=f'member {names} epoch {epoch}/{stage[0].epochs}', initial=first,
                  disable=not c.progress, leave=False, dynamic_ncols=True)
-      for b, (lo, hi) in enumerate(bar):
+      for b in range(first, len(slices)):
+        lo, hi = slices[b]
         idx = np.stack([o[lo:hi] for o in orders])
         local_step = (epoch - 1) * self.steps_per_epoch + b
         gsteps = [(m.epoch_offset * self.steps_per_epoch) + local_step for m in stage]
@@ -148,10 +167,12 @@ class Experiment:
             member_ids, jnp.full((k,), local_step, jnp.int32), lrs, moms,
             self.aux_for_step(terms, stage[0], np.random.default_rng([c.seed, stage[0].index,
                                                                         local_step])))
-        weight = hi - lo
-        scaled = jax.tree_util.tree_map(lambda v: v * weight, step_metrics)
+        scaled = jax.tree_util.tree_map(lambda v, w=hi - lo: v * w, step_metrics)
         running = scaled if running is None else jax.tree_util.tree_map(jnp.add, running, scaled)
-        if b % c.log_every_steps == 0 or b == len(slices) - 1:
+        bar.update(1)
+        save_now = c.checkpoint_every_steps and (local_step + 1) % c.checkpoint_every_steps == 0
+        stop = self.progress.stop_requested
+        if b % c.log_every_steps == 0 or b == len(slices) - 1 or save_now or stop:
           host = jax.device_get(step_metrics)
           self._check_finite(host, stage, epoch, gsteps[0])
           for j, m in enumerate(stage):
@@ -159,21 +180,38 @@ class Experiment:
                            lr=float(lrs[j]), **{key: v[j] for key, v in host.items()})
           bar.set_postfix(loss=f"{np.mean(host['loss']):.3f}", acc=f"{np.mean(host['acc']):.3f}",
                           lr=f'{float(lrs[0]):.4g}')
+        if b < len(slices) - 1 and (save_now or stop):
+          self.save_progress(state, s, epoch - 1, b + 1, running)
+          if self.progress.stop_requested:
+            raise resume.Interrupted(f'member {names}, epoch {epoch}, batch {b + 1}')
       bar.close()
-      totals = jax.device_get(running)
-      for j, m in enumerate(stage):
-        self.log.write('epoch', member=m.index, epoch=m.epoch_offset + epoch,
-                       **{key: v[j] / n for key, v in totals.items()})
-      last = epoch == stage[0].epochs
-      if last or (c.valid_freq and epoch % c.valid_freq == 0):
-        probs = self.predict(state)
-        for j, m in enumerate(stage):
-          score = metrics.METRICS[self.data.metric](probs[j], self.data.test_labels)
-          self.log.write('eval', member=m.index, epoch=m.epoch_offset + epoch, test_acc=score,
-                         test_nll=metrics.nll(probs[j], self.data.test_labels))
-        print(f'  epoch {epoch}: train loss {np.mean(totals["loss"]) / n:.4f}, test acc '
-              + ', '.join(f'{100 * metrics.METRICS[self.data.metric](p, self.data.test_labels):.2f}%'
-                          for p in probs), flush=True)
+      probs = self.end_epoch(stage, epoch, state, jax.device_get(running))
+      if epoch < stage[0].epochs:
+        self.save_progress(state, s, epoch, 0, None)
+        if self.progress.stop_requested:
+          raise resume.Interrupted(f'member {names}, end of epoch {epoch}')
+    self.finish_stage(s, stage, state, probs)
+
+  def end_epoch(self, stage, epoch, state, totals):
+    """Epoch metrics, and the test-set evaluation every valid_freq epochs and at the end."""
+    c, n = self.config, len(self.data.train_labels)
+    for j, m in enumerate(stage):
+      self.log.write('epoch', member=m.index, epoch=m.epoch_offset + epoch,
+                     **{key: v[j] / n for key, v in totals.items()})
+    if not (epoch == stage[0].epochs or (c.valid_freq and epoch % c.valid_freq == 0)):
+      return None
+    probs = self.predict(state)
+    score = metrics.METRICS[self.data.metric]
+    for j, m in enumerate(stage):
+      self.log.write('eval', member=m.index, epoch=m.epoch_offset + epoch,
+                     test_acc=score(probs[j], self.data.test_labels),
+                     test_nll=metrics.nll(probs[j], self.data.test_labels))
+    print(f'  epoch {epoch}: train loss {np.mean(totals["loss"]) / n:.4f}, test acc '
+          + ', '.join(f'{100 * score(p, self.data.test_labels):.2f}%' for p in probs), flush=True)
+    return probs
+
+  def finish_stage(self, s, stage, state, probs):
+    c = self.config
     self._last_opt_state = state.opt_state
     for j, m in enumerate(stage):
       self.finished[m.index] = unstack(state.variables(), j)  # stays on the device
@@ -182,6 +220,20 @@ class Experiment:
                       'member': m.index, 'source': self.workdir})
       self.log.write('member', member=m.index, test_acc=metrics.METRICS[self.data.metric](
           probs[j], self.data.test_labels))
+    # The next stage starts here (the state keeps the optimizer state for reset_optim_state=False).
+    self.save_progress(state, s + 1, 0, 0, None)
+
+  def save_progress(self, state, s, epoch, batch, running):
+    running = {key: np.asarray(v).tolist() for key, v in jax.device_get(running).items()} \
+        if running is not None else None
+    self.progress.save(state, stage=s, epoch=epoch, batch=batch, running=running,
+                       lines=resume.count_lines(self.log.path))
+
+  def load_finished(self, stage):
+    for m in stage:
+      _, variables = checkpoints.load_pretrained(
+          os.path.join(wd.member_dir(self.workdir, m.index), 'checkpoint'))
+      self.finished[m.index] = jax.device_put(variables)
 
   def predict(self, state):
     variables = state.variables()
@@ -200,7 +252,21 @@ class Experiment:
 
 
 def train_members(config, workdir, data, log):
+  """Trains every stage of the plan, resuming from <workdir>/progress when it exists."""
   exp = Experiment(config, workdir, data, log)
-  for stage in plan_lib.make_plan(config):
-    exp.train_stage(stage)
+  stages = plan_lib.make_plan(config)
+  position = exp.progress.position()
+  if position is not None:
+    resume.truncate_lines(log.path, position['lines'])
+    for stage in stages[:position['stage']]:
+      exp.load_finished(stage)
+  previous = exp.progress.install_signal_handlers()
+  try:
+    for s, stage in enumerate(stages):
+      if position is not None and s < position['stage']:
+        continue
+      exp.train_stage(s, stage, position if position and s == position['stage'] else None)
+  finally:
+    exp.progress.restore_signal_handlers(previous)
+  exp.progress.clear()
   return exp

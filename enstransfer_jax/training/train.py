@@ -3,6 +3,7 @@ summary. The one entry point used by main.py, the tests and notebooks."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -33,9 +34,12 @@ def prepare_workdir(config, workdir):
     if os.path.exists(os.path.join(workdir, 'summary.json')):
       return True
   if config.overwrite and os.path.isdir(workdir):
-    for name in ('summary.json', 'metrics.jsonl'):
-      if os.path.exists(os.path.join(workdir, name)):
-        os.remove(os.path.join(workdir, name))
+    for name in ('summary.json', 'metrics.jsonl', 'members', 'progress', 'pretrain', 'analysis'):
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
   os.makedirs(workdir, exist_ok=True)
   wd.write_json(cfg_path, cfg)
   return False
@@ -70,9 +74,10 @@ def run(config, workdir=None):
     pre_dir = os.path.join(workdir, 'pretrain')
     print(f'== pre-training {pre.model} on classes {list(pre.class_subset)} of {pre.dataset}',
           flush=True)
-    prepare_workdir(pre, pre_dir)
-    pre_data = datasets.load_dataset(pre)
-    loop.train_members(pre, pre_dir, pre_data, wd.MetricsLog(pre_dir))
+    if not prepare_workdir(pre, pre_dir):
+      pre_data = datasets.load_dataset(pre)
+      loop.train_members(pre, pre_dir, pre_data, wd.MetricsLog(pre_dir))
+      wd.write_json(os.path.join(pre_dir, 'summary.json'), {'done': True})
     config = config.copy_and_resolve_references()
     with config.unlocked():
       config.ckpt = os.path.join(pre_dir, 'members', '1', 'checkpoint')

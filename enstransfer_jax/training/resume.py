@@ -1,0 +1,110 @@
+"""Progress checkpoints of the stage in training, so a run resumes where it stopped.
+
+<workdir>/progress/ holds an orbax CheckpointManager of the stacked TrainState (the last two
+saves) and position.json, written after the state it names:
+  {'stage': s, 'epoch': e, 'batch': b, 'state_step': n, 'lines': L, 'running': {...}}
+meaning: stage s (0-based) has finished e epochs plus b batches of epoch e+1; metrics.jsonl
+had L lines; `running` holds the epoch's metric sums so far. Everything else a step needs is
+a pure function of (seed, member, epoch, step): data order, augmentation, the learning rate,
+the member drawn for WO / prev-CE. So a resumed run repeats exactly what the uninterrupted
+run would have done.
+
+SIGINT and SIGTERM set a flag; the loop saves at the next step boundary and stops with
+`Interrupted`.
+"""
+
+import os
+import signal
+import shutil
+
+import orbax.checkpoint as ocp
+
+from enstransfer_jax.training import workdir as wd
+
+
+class Interrupted(Exception):
+  """Raised after progress was saved on SIGINT / SIGTERM."""
+
+
+class Progress:
+
+  def __init__(self, workdir):
+    self.dir = os.path.abspath(os.path.join(workdir, 'progress'))
+    self.position_path = os.path.join(self.dir, 'position.json')
+    self._manager = None
+    self.stop_requested = False
+
+  @property
+  def manager(self):
+    if self._manager is None:
+      os.makedirs(self.dir, exist_ok=True)
+      self._manager = ocp.CheckpointManager(
+          os.path.join(self.dir, 'state'),
+          options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    return self._manager
+
+  def position(self):
+    """The saved position, or None when the run has not started (or was reset)."""
+    if not os.path.exists(self.position_path):
+      return None
+    try:
+      return wd.read_json(self.position_path)
+    except ValueError as e:
+      raise ValueError(f'{self.position_path} is corrupt ({e}); delete {self.dir} to restart '
+                       'the member in progress, or pass --config.overwrite=True') from None
+
+  def save(self, state, *, stage, epoch, batch, lines, running=None):
+    last = self.position()
+    step = (last['state_step'] + 1) if last else 0
+    self.manager.save(step, args=ocp.args.StandardSave(state))
+    self.manager.wait_until_finished()
+    wd.write_json(self.position_path, {'stage': stage, 'epoch': epoch, 'batch': batch,
+                                       'state_step': step, 'lines': lines,
+                                       'running': running or {}})
+
+  def restore(self, target, position):
+    try:
+      return self.manager.restore(position['state_step'], args=ocp.args.StandardRestore(target))
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'cannot restore the progress checkpoint in {self.dir} '
+                       f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
+                       'delete that folder to restart the member in progress') from None
+
+  def clear(self):
+    if self._manager is not None:
+      self._manager.close()
+      self._manager = None
+    shutil.rmtree(self.dir, ignore_errors=True)
+
+  # Signals.
+  def install_signal_handlers(self):
+    def handler(signum, _):
+      if self.stop_requested:  # a second signal stops at once
+        raise KeyboardInterrupt
+      self.stop_requested = True
+      print(f'\n{signal.Signals(signum).name}: saving progress at the end of this step...',
+            flush=True)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    return previous
+
+  @staticmethod
+  def restore_signal_handlers(previous):
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def truncate_lines(path, lines):
+  """Drops metrics.jsonl lines written after the checkpoint being resumed."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    kept = f.readlines()[:lines]
+  with open(path, 'w') as f:
+    f.writelines(kept)
+
+
+def count_lines(path):
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    return sum(1 for _ in f)

@@ -22,7 +22,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if _CONFIG.value is None:
     raise app.UsageError('pass --config configs/<experiment>.py')
-  logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  logging.set_verbosity(logging.ERROR)  # orbax and TFDS log every file they touch
   from enstransfer_jax import train  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.errors import user_errors  # pylint: disable=g-import-not-at-top
   with user_errors():

@@ -303,8 +303,13 @@ def load_pretrained(path, arch: Optional[str] = None, *,
   name = resnet.canonical_name(meta.get('architecture', '?'))
   if arch and resnet.canonical_name(arch) != name:
     raise ValueError(f'{p} holds a {name}, not the requested {arch}')
-  tree = ocp.PyTreeCheckpointer().restore((p / 'variables').absolute())
-  return name, {'params': tree['params'], 'batch_stats': tree['batch_stats']}
+  try:
+    tree = ocp.PyTreeCheckpointer().restore((p / 'variables').absolute())
+    return name, {'params': tree['params'], 'batch_stats': tree['batch_stats']}
+  except Exception as e:  # pylint: disable=broad-except
+    reason = (str(e).strip().splitlines() or [''])[0][:160]
+    raise ValueError(f'{p} is corrupt or half-written ({type(e).__name__}: {reason}); convert '
+                     'or train it again') from None
 
 
 def convert_file(in_path, out_dir, *, arch: Optional[str] = None,

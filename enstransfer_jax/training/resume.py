@@ -56,8 +56,9 @@ class Progress:
   def save(self, state, *, stage, epoch, batch, lines, running=None):
     last = self.position()
     step = (last['state_step'] + 1) if last else 0
-    self.manager.save(step, args=ocp.args.StandardSave(state))
-    self.manager.wait_until_finished()
+    with wd.disk_errors(self.dir):
+      self.manager.save(step, args=ocp.args.StandardSave(state))
+      self.manager.wait_until_finished()
     wd.write_json(self.position_path, {'stage': stage, 'epoch': epoch, 'batch': batch,
                                        'state_step': step, 'lines': lines,
                                        'running': running or {}})

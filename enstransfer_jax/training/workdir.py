@@ -13,6 +13,8 @@ Every file is written to a temporary name and renamed, so an interruption leaves
 old file or the new one, never half of one.
 """
 
+import contextlib
+import errno
 import json
 import os
 import time
@@ -26,11 +28,25 @@ def default_workdir(config):
                       f'{config.model.lower()}_seed={config.seed}')
 
 
+@contextlib.contextmanager
+def disk_errors(path):
+  """A full disk (or quota) becomes one line that names the file and says what to do."""
+  try:
+    yield
+  except OSError as e:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+      raise OSError(e.errno, f'no space left on the device while writing {path}; free some '
+                    'space and run the same command again (the run resumes from its last '
+                    'checkpoint)') from None
+    raise
+
+
 def _atomic_write(path, write):
   tmp = f'{path}.tmp-{os.getpid()}'
   try:
-    write(tmp)
-    os.replace(tmp, path)
+    with disk_errors(path):
+      write(tmp)
+      os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
@@ -64,7 +80,8 @@ def save_member(workdir, index, variables, probs, metadata):
   from enstransfer_jax import checkpoints  # pylint: disable=g-import-not-at-top
   path = member_dir(workdir, index)
   os.makedirs(path, exist_ok=True)
-  checkpoints.save_converted(os.path.join(path, 'checkpoint'), variables, metadata, force=True)
+  with disk_errors(path):
+    checkpoints.save_converted(os.path.join(path, 'checkpoint'), variables, metadata, force=True)
   save_npy(os.path.join(path, 'test_probs.npy'), np.asarray(probs, np.float32))
 
 

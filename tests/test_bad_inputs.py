@@ -1,0 +1,187 @@
+"""Every bad input of the README's table: one clear line, and no earlier output damaged.
+
+A finished tiny run is made once; each bad input is then tried against the same work dir, and
+every file in it must be byte-identical afterwards.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from enstransfer_jax import checkpoints, train
+from enstransfer_jax.training import train as train_lib
+from enstransfer_jax.training import workdir as wd
+from tests import engine_util
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _snapshot(path):
+  out = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      out[os.path.relpath(full, path)] = hashlib.sha256(open(full, 'rb').read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('finished'))
+  train.run(engine_util.tiny_config(num_fge=2), workdir)
+  return workdir
+
+
+def _pt_file(tmp_path, state):
+  import torch  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 'ckpt.pt')
+  torch.save(state, path)
+  return path
+
+
+CONFIG_ERRORS = [
+    ('unknown dataset', {'dataset': 'imagenet21k'}, "dataset='imagenet21k' is unknown"),
+    ('unknown scheduler', {'scheduler': 'exponential'}, 'exponential'),
+    ('fge_epochs not above fge_warmup_epochs', {'fge_epochs': 2, 'fge_warmup_epochs': 2},
+     'must be greater than fge_warmup_epochs'),
+    ('fmap_betas of the wrong length', {'fmap_betas': (1.0,)}, 'fmap_betas has 1 values'),
+    ('unknown layer in freeze_layers', {'freeze_layers': ('layer5',)}, "unknown module 'layer5'"),
+    ('unknown fmap_loss_type', {'fmap_loss_type': 'KL'}, "fmap_loss_type='KL' is unknown"),
+    ('unknown regulariser', {'which_model_is_regularizer': 'last'}, 'which_model_is_regularizer'),
+    ('unknown ensemble kind', {'ensemble': 'bagging'}, "ensemble='bagging' is unknown"),
+    ('global_de without checkpoints', {'ensemble': 'global_de', 'ckpts': ()}, 'needs ckpts'),
+    ('grad_accum_steps not dividing the batch', {'grad_accum_steps': 7}, 'grad_accum_steps=7'),
+    ('unknown dtype', {'dtype': 'float8'}, "dtype='float8' is unknown"),
+    ('missing checkpoint', {'ckpt': '/nonexistent/byol.pt'}, 'convert_byol.py'),
+    ('class_subset with a label outside the dataset', {'class_subset': (3, 42)}, 'class_subset'),
+    ('work dir holding a different config', {'lr': 0.123}, 'holds a run with a different config'),
+]
+
+
+@pytest.mark.parametrize('what, overrides, message', CONFIG_ERRORS, ids=[e[0] for e in CONFIG_ERRORS])
+def test_config_error_is_one_line_and_harmless(finished, what, overrides, message):
+  del what
+  before = _snapshot(finished)
+  with pytest.raises((ValueError, FileNotFoundError)) as info:
+    train.run(engine_util.tiny_config(num_fge=2, **overrides), finished)
+  assert message in str(info.value), str(info.value)
+  assert '\n' not in str(info.value)
+  assert _snapshot(finished) == before
+
+
+def test_checkpoint_of_another_architecture(finished, tmp_path):
+  # A member of the ResNet-18 run handed to a ResNet-50 config.
+  ckpt = os.path.join(finished, 'members', '1', 'checkpoint')
+  before = _snapshot(finished)
+  with pytest.raises(ValueError, match='holds a ResNet18 but config.model is ResNet50'):
+    train.run(engine_util.tiny_config(model='ResNet50', ckpt=ckpt), str(tmp_path / 'run'))
+  assert _snapshot(finished) == before
+
+
+def test_file_that_is_not_a_checkpoint(tmp_path):
+  bad = tmp_path / 'notes.pt'
+  bad.write_text('not a checkpoint')
+  with pytest.raises(ValueError) as info:
+    checkpoints.load_pretrained(str(bad))
+  assert 'notes.pt' in str(info.value) and '\n' not in str(info.value)
+
+
+def test_state_dict_that_is_not_a_resnet(tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  path = _pt_file(tmp_path, {'model_state': {'encoder.weight': torch.zeros(3, 3)}})
+  with pytest.raises(ValueError) as info:
+    checkpoints.load_pretrained(path)
+  assert 'encoder.weight' in str(info.value) or 'ResNet' in str(info.value)
+  assert '\n' not in str(info.value)
+
+
+def test_corrupt_member_checkpoint(finished, tmp_path):
+  broken = tmp_path / 'member'
+  shutil.copytree(os.path.join(finished, 'members', '1', 'checkpoint'), broken)
+  for root, _, files in os.walk(broken / 'variables'):
+    for name in files:
+      open(os.path.join(root, name), 'wb').close()  # truncate every array file
+  with pytest.raises(Exception) as info:
+    checkpoints.load_pretrained(str(broken))
+  assert '\n' not in str(info.value).strip() and str(broken) in str(info.value)
+
+
+def test_corrupt_progress_file(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = engine_util.tiny_config(num_fge=2)
+  train_lib.prepare_workdir(config, workdir)
+  os.makedirs(os.path.join(workdir, 'progress'))
+  open(os.path.join(workdir, 'progress', 'position.json'), 'w').write('{"stage": 1, ')
+  with pytest.raises(ValueError) as info:
+    train.run(config, workdir)
+  assert 'position.json is corrupt' in str(info.value) and '\n' not in str(info.value)
+
+
+def test_full_disk_while_saving_a_member(tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'run')
+
+  real_save = np.save
+
+  def save(file, array, *args, **kwargs):  # the disk fills up when member 2 is written
+    if os.path.join('members', '2') in getattr(file, 'name', str(file)):
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return real_save(file, array, *args, **kwargs)
+
+  monkeypatch.setattr(np, 'save', save)
+  with pytest.raises(OSError) as info:
+    train.run(engine_util.tiny_config(num_fge=2), workdir)
+  assert 'no space left on the device while writing' in info.value.strerror
+  assert 'resumes' in info.value.strerror
+  # Member 1 is whole; no temporary file is left behind.
+  assert np.load(os.path.join(workdir, 'members', '1', 'test_probs.npy')).shape[0] > 0
+  assert not [f for f in os.listdir(os.path.join(workdir, 'members', '2')) if '.tmp-' in f]
+
+
+def test_unknown_config_key_on_the_command_line():
+  out = subprocess.run([sys.executable, 'main.py', '--config', 'configs/sse.py',
+                        '--config.fge_epoch=3'], cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+  assert "unknown config key 'fge_epoch'" in out.stderr
+
+
+def test_dataset_not_prepared_and_offline_via_cli(tmp_path):
+  env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / 'tfds'), NO_NETWORK='1')
+  script = ('import sys; sys.argv = ["main.py", "--config", "configs/single.py", '
+            '"--config.dataset=cifar10", "--config.ckpt=", '
+            f'"--workdir={tmp_path}/run"]\n'
+            'import tensorflow_datasets as tfds\n'
+            'def offline(self, *a, **k):\n'
+            '  raise ConnectionError("network is unreachable")\n'
+            'tfds.core.DatasetBuilder.download_and_prepare = offline\n'
+            'import runpy; runpy.run_path("main.py", run_name="__main__")\n')
+  out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and "dataset 'cifar10'" in lines[0] and 'download_and_prepare' in lines[0]
+  assert not os.path.exists(os.path.join(tmp_path, 'run', 'members'))
+
+
+def test_existing_output_dir_of_the_converter(tmp_path):
+  out_dir = tmp_path / 'converted'
+  out_dir.mkdir()
+  (out_dir / 'keep.txt').write_text('precious')
+  res = subprocess.run([sys.executable, 'convert_byol.py', str(tmp_path / 'x.pt'), str(out_dir)],
+                       cwd=ROOT, capture_output=True, text=True)
+  assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
+  assert (out_dir / 'keep.txt').read_text() == 'precious'
+
+
+def test_summary_never_half_written(finished):
+  # Files are written through a temporary name and renamed: no .tmp- file survives a run.
+  leftovers = [f for f in _snapshot(finished) if '.tmp-' in f]
+  assert not leftovers
+  json.load(open(os.path.join(finished, 'summary.json')))

@@ -1,0 +1,151 @@
+"""The thesis's tables and figures from finished runs.
+
+  python -m enstransfer_jax.analyze WORK_DIR [WORK_DIR ...] [--out DIR] [options]
+
+For each work dir: tables, similarities, weight distances, soup, basin, plots and report.md
+(enstransfer_jax/analysis/pipeline.py) in WORK_DIR/analysis/, or in DIR (several work dirs:
+DIR/<index>_<work dir name>/). Given several work dirs, also comparison.md / comparison.csv:
+methods (summary 'name') x mean member accuracy, diversity, ensemble accuracy as mean +- std
+over runs, in DIR or ./analysis/. --compare-only skips the per-run analysis.
+The basin analysis recomputes BN statistics on the whole train split at every point (about
+200 points for 5 members); --bn-examples / --eval-examples / --no-basin make it cheaper.
+Runs whose config enables wandb also log their tables and figures to a wandb run.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from enstransfer_jax.analysis import pipeline, report
+
+
+def _out_dirs(workdirs, out):
+  if out is None:
+    return [os.path.join(w, 'analysis') for w in workdirs]
+  if len(workdirs) == 1:
+    return [out]
+  return [os.path.join(out, f'{k + 1}_{os.path.basename(os.path.normpath(w))}')
+          for k, w in enumerate(workdirs)]
+
+
+def _read_summary(workdir):
+  path = os.path.join(workdir, 'summary.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} is missing: {workdir} is not a finished run')
+  summary = pipeline.read_json(path)
+  summary.setdefault('workdir', workdir)
+  return summary
+
+
+def log_wandb(config, out, files, progress=True):
+  """Tables (CSV) and figures (PNG) of one analysis to a wandb run; never required."""
+  mode = config.get('wandb_mode', 'disabled')
+  if mode == 'disabled':
+    return None
+  try:
+    import wandb  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print('wandb is not installed: analysis not logged to wandb', file=sys.stderr)
+    return None
+  if mode == 'auto':  # as training: online when logged in, else offline
+    mode = 'online' if os.environ.get('WANDB_API_KEY') or getattr(
+        getattr(wandb, 'api', None), 'api_key', None) else 'offline'
+  try:
+    import csv  # pylint: disable=g-import-not-at-top
+    run = wandb.init(project=config.get('wandb_project', 'EnsForTransfer'),
+                     group=config.get('wandb_group', None), job_type='analysis',
+                     name=f"{config.get('exp_name') or config.get('name', 'run')}-analysis",
+                     dir=out, mode=mode, config=config.to_dict(), reinit='finish_previous')
+    payload = {}
+    for name, path in sorted(files.items()):
+      key = os.path.splitext(name)[0]
+      if name.endswith('.png'):
+        payload[f'analysis/{key}'] = wandb.Image(path)
+      elif name.endswith('.csv'):
+        with open(path) as f:
+          rows = list(csv.reader(f))
+        payload[f'analysis/{key}'] = wandb.Table(columns=rows[0], data=rows[1:])
+    run.log(payload)
+    run.finish()
+    if progress:
+      print(f'wandb: analysis logged ({mode})', flush=True)
+    return run
+  except Exception as e:  # pylint: disable=broad-except
+    print(f'wandb logging of the analysis failed ({type(e).__name__}: {e}); the files in '
+          f'{out} are complete', file=sys.stderr)
+    return None
+
+
+def analyze_runs(workdirs, out=None, *, subset=512, progress=True, compare_only=False,
+                 **options):
+  """Analyses every work dir; with several, writes the comparison. Returns
+  {'runs': [results per work dir], 'comparison': rows or None}."""
+  if isinstance(workdirs, (str, os.PathLike)):
+    workdirs = [workdirs]
+  workdirs = [os.fspath(w) for w in workdirs]
+  if not workdirs:
+    raise ValueError('give at least one work dir')
+  unknown = set(options) - {f.name for f in dataclasses.fields(pipeline.Options)}
+  if unknown:
+    raise ValueError(f'unknown analysis option(s) {sorted(unknown)}; valid: '
+                     f'{[f.name for f in dataclasses.fields(pipeline.Options)]}')
+  opts = pipeline.Options(subset=subset, progress=progress, **options)
+  opts.check()
+  for w in workdirs:
+    if not os.path.isdir(w):
+      raise FileNotFoundError(f'work dir {w} does not exist')
+  results = []
+  if not compare_only:
+    for w, o in zip(workdirs, _out_dirs(workdirs, out)):
+      if progress:
+        print(f'== analysing {w} -> {o}', flush=True)
+      res = pipeline.analyze_run(w, o, opts)
+      log_wandb(pipeline.load_config(w), o, res['files'], progress)
+      results.append(res)
+      if progress:
+        print(f"   report: {res['files']['report.md']}", flush=True)
+  rows = None
+  if len(workdirs) > 1 or compare_only:
+    cmp_dir = out if out is not None else os.path.join(os.getcwd(), 'analysis')
+    rows = report.write_comparison(cmp_dir, [_read_summary(w) for w in workdirs])
+    if progress:
+      print(f"== comparison: {os.path.join(cmp_dir, 'comparison.md')}", flush=True)
+      print(report.markdown_table(rows, report.COMPARISON_COLUMNS,
+                                  {k: str for k, _ in report.COMPARISON_COLUMNS}), flush=True)
+  return {'runs': results, 'comparison': rows}
+
+
+def parse_args(argv):
+  d = pipeline.Options()
+  p = argparse.ArgumentParser(prog='python -m enstransfer_jax.analyze', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('workdirs', nargs='+', metavar='WORK_DIR', help='finished run directories')
+  p.add_argument('--out', default=None, help='output directory (default WORK_DIR/analysis)')
+  p.add_argument('--subset', type=int, default=d.subset,
+                 help='test examples for the representation comparisons')
+  p.add_argument('--rtd-points', type=int, default=d.rtd_points,
+                 help='examples of the subset used for RTD (0: no RTD)')
+  p.add_argument('--line-points', type=int, default=d.line_points)
+  p.add_argument('--grid', type=int, default=d.grid, help='plane grid size (0: no plane)')
+  p.add_argument('--bn-examples', type=int, default=d.bn_examples,
+                 help='training images for BN recomputation, a fixed random sample (0: all)')
+  p.add_argument('--eval-examples', type=int, default=d.eval_examples,
+                 help='test images scored in the basin analysis, a fixed random sample (0: all)')
+  p.add_argument('--no-soup', dest='soup', action='store_false')
+  p.add_argument('--no-basin', dest='basin', action='store_false')
+  p.add_argument('--compare-only', action='store_true',
+                 help='only the comparison table of the runs (from their summary.json)')
+  p.add_argument('--quiet', dest='progress', action='store_false')
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = vars(parse_args(sys.argv[1:] if argv is None else argv))
+  from enstransfer_jax.errors import user_errors  # pylint: disable=g-import-not-at-top
+  with user_errors():
+    analyze_runs(args.pop('workdirs'), args.pop('out'), **args)
+
+
+if __name__ == '__main__':
+  main()

@@ -58,6 +58,7 @@ def get_config():
   c.reset_optim_state = True
   c.num_members = 1  # Local DE: number of independent fine-tunings
   c.parallel_members = True  # train independent members at once under jax.vmap
+  c.mesh_members = 1  # devices along the mesh's 'members' axis; the rest split each batch
 
   # Feature-map similarity losses (the thesis's additions).
   c.which_model_is_regularizer = 'first'  # first | pretrain

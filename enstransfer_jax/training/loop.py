@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from enstransfer_jax import checkpoints, losses, metrics, models, optim, schedules
 from enstransfer_jax.data import batches
-from enstransfer_jax.training import config_check, plan as plan_lib, resume, step as step_lib
+from enstransfer_jax.training import config_check, mesh, plan as plan_lib, resume
+from enstransfer_jax.training import step as step_lib
 from enstransfer_jax.training import workdir as wd
 
 _BN_MODULES = ('bn1', 'layer1', 'layer2', 'layer3', 'layer4')
@@ -44,7 +45,7 @@ class Experiment:
     self.moms = np.asarray(schedules.create_momentum_fn(config, self.steps_per_epoch)(steps))
     self.finished = {}  # member index -> variables (host pytrees)
     self.pretrained = {}  # ckpt path -> variables
-    self._flat_params = {}  # member index -> flat parameter vector (WO)
+    self.placement, self._placed = None, {}  # devices of the stage in training
     self._last_opt_state = None  # carried between members when reset_optim_state=False
     self.progress = resume.Progress(workdir)
     self.eval_step = step_lib.make_eval_step(self.model, config)
@@ -60,7 +61,7 @@ class Experiment:
       else:
         dummy = jnp.zeros((1, self.config.image_size, self.config.image_size, 3), jnp.float32)
         variables = self.model.init(jax.random.PRNGKey(self.config.seed), dummy, train=False)
-      self.pretrained[ckpt] = jax.device_put(dict(variables))
+      self.pretrained[ckpt] = jax.device_get(dict(variables))
     return self.pretrained[ckpt]
 
   def initial_variables(self, member):
@@ -100,22 +101,25 @@ class Experiment:
     """Regulariser inputs; the earlier member for WO / prev-CE is drawn per step."""
     aux = {}
     if terms.fmap_betas:
-      aux['reg'] = (self.pretrained_variables(member.ckpt or self.config.ckpt or '')
-                    if self.config.which_model_is_regularizer == 'pretrain'
-                    else self.finished[1])
+      pretrain = self.config.which_model_is_regularizer == 'pretrain'
+      aux['reg'] = self._place(('reg',), lambda: (
+          self.pretrained_variables(member.ckpt or self.config.ckpt or '') if pretrain
+          else self.finished[1]))
     if terms.wo_beta or terms.prev_ce_beta:
       earlier = sorted(i for i in self.finished if i != 1 and i < member.index)
       chosen = earlier[rng.integers(len(earlier))]
       if terms.wo_beta:
-        aux['wo'] = self._flat(chosen)
+        aux['wo'] = self._place(('wo', chosen), lambda: losses.flatten_params(
+            self.finished[chosen]['params']))
       if terms.prev_ce_beta:
-        aux['prev'] = self.finished[chosen]
+        aux['prev'] = self._place(('prev', chosen), lambda: self.finished[chosen])
     return aux
 
-  def _flat(self, index):
-    if index not in self._flat_params:
-      self._flat_params[index] = losses.flatten_params(self.finished[index]['params'])
-    return self._flat_params[index]
+  def _place(self, key, make):
+    """Regulariser inputs, replicated on every device once per stage."""
+    if key not in self._placed:
+      self._placed[key] = self.placement.replicated(make())
+    return self._placed[key]
 
   # Training.
   def start_state(self, stage, tx):
@@ -146,8 +150,11 @@ class Experiment:
           f'{stage[0].init}{" (in parallel)" if k > 1 else ""}'
           + (f', resumed at epoch {done_epochs + 1} batch {done_batches}' if position else ''),
           flush=True)
+    self.placement = mesh.Placement(c, k)
+    self._placed = {}
+    state = self.placement.members(state)
     train_step = step_lib.make_train_step(self.model, tx, c, terms)
-    member_ids = jnp.asarray([m.index for m in stage], jnp.int32)
+    member_ids = self.placement.members(np.asarray([m.index for m in stage], np.int32))
     n = len(self.data.train_labels)
     slices = batches.batch_slices(n, c.batch_size)
     for epoch in range(done_epochs + 1, stage[0].epochs + 1):
@@ -162,9 +169,11 @@ class Experiment:
         local_step = (epoch - 1) * self.steps_per_epoch + b
         gsteps = [(m.epoch_offset * self.steps_per_epoch) + local_step for m in stage]
         lrs, moms = self.lrs[gsteps].astype(np.float32), self.moms[gsteps].astype(np.float32)
+        images, labels = self.placement.batch(
+            (self.data.train_images[idx], self.data.train_labels[idx].astype(np.int32)))
         state, step_metrics = train_step(
-            state, self.data.train_images[idx], self.data.train_labels[idx].astype(np.int32),
-            member_ids, jnp.full((k,), local_step, jnp.int32), lrs, moms,
+            state, images, labels, member_ids,
+            *self.placement.members((np.full((k,), local_step, np.int32), lrs, moms)),
             self.aux_for_step(terms, stage[0], np.random.default_rng([c.seed, stage[0].index,
                                                                         local_step])))
         scaled = jax.tree_util.tree_map(lambda v, w=hi - lo: v * w, step_metrics)
@@ -173,7 +182,7 @@ class Experiment:
         save_now = c.checkpoint_every_steps and (local_step + 1) % c.checkpoint_every_steps == 0
         stop = self.progress.stop_requested
         if b % c.log_every_steps == 0 or b == len(slices) - 1 or save_now or stop:
-          host = jax.device_get(step_metrics)
+          host = mesh.to_host(step_metrics)
           self._check_finite(host, stage, epoch, gsteps[0])
           for j, m in enumerate(stage):
             self.log.write('train', member=m.index, epoch=m.epoch_offset + epoch, step=gsteps[j],
@@ -185,7 +194,7 @@ class Experiment:
           if self.progress.stop_requested:
             raise resume.Interrupted(f'member {names}, epoch {epoch}, batch {b + 1}')
       bar.close()
-      probs = self.end_epoch(stage, epoch, state, jax.device_get(running))
+      probs = self.end_epoch(stage, epoch, state, mesh.to_host(running))
       if epoch < stage[0].epochs:
         self.save_progress(state, s, epoch, 0, None)
         if self.progress.stop_requested:
@@ -214,8 +223,8 @@ class Experiment:
     c = self.config
     self._last_opt_state = state.opt_state
     for j, m in enumerate(stage):
-      self.finished[m.index] = unstack(state.variables(), j)  # stays on the device
-      wd.save_member(self.workdir, m.index, jax.device_get(self.finished[m.index]), probs[j],
+      self.finished[m.index] = mesh.to_host(unstack(state.variables(), j))
+      wd.save_member(self.workdir, m.index, self.finished[m.index], probs[j],
                      {'arch': models.canonical_name(c.model), 'num_classes': self.data.num_classes,
                       'member': m.index, 'source': self.workdir})
       self.log.write('member', member=m.index, test_acc=metrics.METRICS[self.data.metric](
@@ -224,7 +233,7 @@ class Experiment:
     self.save_progress(state, s + 1, 0, 0, None)
 
   def save_progress(self, state, s, epoch, batch, running):
-    running = {key: np.asarray(v).tolist() for key, v in jax.device_get(running).items()} \
+    running = {key: np.asarray(v).tolist() for key, v in mesh.to_host(running).items()} \
         if running is not None else None
     self.progress.save(state, stage=s, epoch=epoch, batch=batch, running=running,
                        lines=resume.count_lines(self.log.path))
@@ -233,13 +242,14 @@ class Experiment:
     for m in stage:
       _, variables = checkpoints.load_pretrained(
           os.path.join(wd.member_dir(self.workdir, m.index), 'checkpoint'))
-      self.finished[m.index] = jax.device_put(variables)
+      self.finished[m.index] = variables
 
   def predict(self, state):
     variables = state.variables()
     out = []
     for lo, hi in batches.batch_slices(len(self.data.test_labels), self.config.eval_batch_size):
-      out.append(np.asarray(self.eval_step(variables, self.data.test_images[lo:hi])))
+      images = self.placement.eval_batch(self.data.test_images[lo:hi])
+      out.append(mesh.to_host(self.eval_step(variables, images)))
     return np.concatenate(out, axis=1)
 
   def _check_finite(self, host, stage, epoch, gstep):

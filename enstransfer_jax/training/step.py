@@ -97,13 +97,35 @@ def make_train_step(model, tx, config, terms: Terms):
     key = jax.random.fold_in(jax.random.fold_in(base_key, member_id), member_step)
     x = aug(key, images)
     grad_fn = jax.grad(functools.partial(_member_loss, model, terms), has_aux=True)
-    grads, (parts, logits, batch_stats) = grad_fn(state.params, state.batch_stats, x, labels, aux)
+    grads, (parts, logits, batch_stats) = accumulate(grad_fn, state, x, labels, aux)
     direction, opt_state = tx.update(grads, state.opt_state, state.params, momentum=mom)
     params = optim.apply_direction(state.params, direction, lr)
     metrics = dict(parts)
     metrics['loss'] = sum(v for k, v in parts.items() if k != 'rtd_host_seconds')
     metrics['acc'] = jnp.mean(jnp.argmax(logits, -1) == labels)
     return TrainState(params, batch_stats, opt_state), metrics
+
+  def accumulate(grad_fn, state, x, labels, aux):
+    """Mean gradient over config.grad_accum_steps micro-batches (one pass when it does not
+    divide the batch). Train-mode BN normalises each micro-batch with its own statistics and
+    updates the running ones micro-batch after micro-batch, as PyTorch accumulation does."""
+    n = config.grad_accum_steps
+    if n == 1 or x.shape[0] % n:
+      return grad_fn(state.params, state.batch_stats, x, labels, aux)
+    xs = x.reshape(n, x.shape[0] // n, *x.shape[1:])
+    ys = labels.reshape(n, -1)
+
+    def body(carry, micro):
+      grads, batch_stats = carry
+      g, (parts, logits, batch_stats) = grad_fn(state.params, batch_stats, *micro, aux)
+      return (jax.tree_util.tree_map(jnp.add, grads, g), batch_stats), (parts, logits)
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    (grads, batch_stats), (parts, logits) = jax.lax.scan(body, (zeros, state.batch_stats),
+                                                         (xs, ys))
+    grads = jax.tree_util.tree_map(lambda g: g / n, grads)
+    parts = {k: (v.sum() if k == 'rtd_host_seconds' else v.mean()) for k, v in parts.items()}
+    return grads, (parts, logits.reshape(-1, logits.shape[-1]), batch_stats)
 
   stacked = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, None))
   return jax.jit(stacked, donate_argnums=(0,))

@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from enstransfer_jax.training import mesh
+
 
 def default_workdir(config):
   """experiments/<dataset>/<group>/<model>_seed=<seed>/ as in the reference."""
@@ -42,6 +44,8 @@ def disk_errors(path):
 
 
 def _atomic_write(path, write):
+  if not mesh.is_writer():
+    return
   tmp = f'{path}.tmp-{os.getpid()}'
   try:
     with disk_errors(path):
@@ -77,6 +81,8 @@ def member_dir(workdir, index):
 
 
 def save_member(workdir, index, variables, probs, metadata):
+  if not mesh.is_writer():
+    return
   from enstransfer_jax import checkpoints  # pylint: disable=g-import-not-at-top
   path = member_dir(workdir, index)
   os.makedirs(path, exist_ok=True)
@@ -97,6 +103,8 @@ class MetricsLog:
     self.wandb_run = wandb_run
 
   def write(self, event, **fields):
+    if not mesh.is_writer():
+      return
     record = {'event': event, 'time': round(time.time(), 3)}
     record.update({k: _plain(v) for k, v in fields.items()})
     with open(self.path, 'a') as f:

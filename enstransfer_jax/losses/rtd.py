@@ -49,7 +49,6 @@ its default n_threads=25) is affected.
 import functools
 import time
 
-import gph
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,6 +97,7 @@ def persistence_pairs(dm, *, dim=1, card=50):
     int32 [dim, card, 4]: (birth edge u, v, death edge u, v) per finite pair, sorted
     by persistence dm[death] - dm[birth] descending (stable), padded with zeros.
   """
+  import gph  # pylint: disable=g-import-not-at-top  # lazy: the GPU box lacks it unless carried
   dm = np.asarray(dm, dtype=np.float64)
   rc = gph.ripser_parallel(dm, maxdim=dim, metric='precomputed', collapse_edges=False,
                            n_threads=1, return_generators=True)

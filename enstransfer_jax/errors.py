@@ -18,6 +18,9 @@ def user_errors():
           file=sys.stderr, flush=True)
     sys.exit(130)
   except USER_ERRORS as e:  # pylint: disable=catching-non-exception
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    if isinstance(e, KeyError) and e.args:
+      text = str(e.args[0])
+    message = text.strip().splitlines()[0] if text.strip() else type(e).__name__
     print(f'error: {message}', file=sys.stderr, flush=True)
     sys.exit(2)

@@ -22,9 +22,9 @@ def get_config():
   c.batch_size = 64
   c.eval_batch_size = 256
   c.ckpt = ''  # replaced by the pre-training stage below
-  c.epochs = 6
+  c.epochs = 15
   c.num_fge = 4
-  c.fge_epochs = 3
+  c.fge_epochs = 6
   c.lr = 0.05
   c.fge_lr = 4 * c.lr
   c.valid_freq = 0
@@ -33,6 +33,6 @@ def get_config():
   c.wandb_group = 'Quickstart_StarSSE'
   c.pretrain.enabled = True
   c.pretrain.class_subset = (0, 1, 2, 3, 4)
-  c.pretrain.epochs = 6
+  c.pretrain.epochs = 20
   c.pretrain.lr = 0.1
   return c

@@ -146,8 +146,10 @@ class Experiment:
       running = {key: np.asarray(v, np.float32) for key, v in position['running'].items()} or None
     elif position is not None and not c.reset_optim_state:  # the previous member's momentum
       state = state.replace(opt_state=self.progress.restore(state, position).opt_state)
+    start = {'previous': f'member {stage[0].index - 1}', 'first': 'member 1'}.get(
+        stage[0].init, stage[0].ckpt or 'scratch')
     print(f'== member{"s" if k > 1 else ""} {names}: {stage[0].epochs} epochs from '
-          f'{stage[0].init}{" (in parallel)" if k > 1 else ""}'
+          f'{start}{" (in parallel)" if k > 1 else ""}'
           + (f', resumed at epoch {done_epochs + 1} batch {done_batches}' if position else ''),
           flush=True)
     self.placement = mesh.Placement(c, k)

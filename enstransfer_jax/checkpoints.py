@@ -266,7 +266,7 @@ def save_converted(out_dir, variables, metadata: Optional[Mapping[str, Any]] = N
   tmp = _tmp_name(out)
   tmp.mkdir()
   try:
-    ocp.PyTreeCheckpointer().save(tmp / 'variables', tree)
+    _checkpointer().save(tmp / 'variables', tree)
     (tmp / 'metadata.json').write_text(json.dumps(meta, indent=2, sort_keys=True) + '\n')
     _atomic_install(tmp, out)
   finally:
@@ -283,6 +283,17 @@ def read_metadata(ckpt_dir) -> Dict[str, Any]:
     return json.loads(path.read_text())
   except ValueError as e:
     raise ValueError(f'{path} is not valid JSON ({e}); reconvert the checkpoint') from None
+
+
+def _checkpointer():
+  """Host (numpy) trees are written and read by each process on its own: with several JAX
+  processes, orbax would otherwise wait at a barrier for processes that never save members."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return ocp.PyTreeCheckpointer()
+  me = jax.process_index()
+  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(), multiprocessing_options=(
+      ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})))
 
 
 def load_pretrained(path, arch: Optional[str] = None, *,
@@ -304,7 +315,7 @@ def load_pretrained(path, arch: Optional[str] = None, *,
   if arch and resnet.canonical_name(arch) != name:
     raise ValueError(f'{p} holds a {name}, not the requested {arch}')
   try:
-    tree = ocp.PyTreeCheckpointer().restore((p / 'variables').absolute())
+    tree = _checkpointer().restore((p / 'variables').absolute())
     return name, {'params': tree['params'], 'batch_stats': tree['batch_stats']}
   except Exception as e:  # pylint: disable=broad-except
     reason = (str(e).strip().splitlines() or [''])[0][:160]

@@ -1,7 +1,5 @@
 #!/usr/bin/env bash
 # StarSSE on 2 nodes x 4 GPUs with SLURM: one process per node, each driving its 4 GPUs.
-# NOTE: multi-process member saving is not working yet (see README, "Known gap"); this script
-# shows the intended launch. On one node, drop --nodes to 1: that path is tested.
 # jax.distributed.initialize() reads SLURM's variables (main.py calls it when SLURM_NTASKS > 1);
 # every process reads its own rows of each batch, and only process 0 writes the work dir.
 #SBATCH --job-name=starsse

@@ -175,3 +175,41 @@ def test_data_parallel_steps_match_one_device_on_continuous_inputs():
     assert out[mesh_members]['devices'] == 4
     np.testing.assert_allclose(out[mesh_members]['losses'], single['losses'], atol=1e-4)
     np.testing.assert_allclose(out[mesh_members]['leaf'], single['leaf'], atol=1e-4)
+
+
+def test_two_processes_with_two_devices_each(one_device_run, tmp_path):
+  """The multi-node path on one machine: jax.distributed over 2 processes (gloo collectives on
+  the CPU), each assembling only its own rows, process 0 writing the work dir."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  workdir = str(tmp_path / 'two_processes')
+  script = textwrap.dedent(f'''
+      import os, sys
+      os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+      os.environ['JAX_PLATFORMS'] = 'cpu'
+      sys.path.insert(0, {ROOT!r})
+      import jax
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+      from enstransfer_jax.training import mesh
+      mesh.initialize_distributed()
+      assert jax.process_count() == 2 and jax.device_count() == 4
+      from tests import engine_util
+      from enstransfer_jax import train
+      train.run(engine_util.tiny_config(**{STARSSE!r}), {workdir!r})
+  ''')
+  procs = []
+  for pid in range(2):
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+               JAX_PROCESS_ID=str(pid))
+    procs.append(subprocess.Popen([sys.executable, '-c', script], cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  for p in procs:
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-3000:]
+  one, two = _train_losses(one_device_run), _train_losses(workdir)
+  assert one.keys() == two.keys()  # each event written once, by process 0
+  for key in sorted(one)[:3]:
+    assert two[key] == pytest.approx(one[key], abs=1e-4), key
+  assert sorted(os.listdir(workdir)) == sorted(os.listdir(one_device_run))

@@ -22,8 +22,8 @@ Rows; images/s is the median over the timed steps (after warm-up, each step bloc
   f-bf16  row f with forward and loss under torch.autocast(bfloat16)
 
 Timing plan: each framework runs in a child process, torch first, then JAX (with
-XLA_PYTHON_CLIENT_PREALLOCATE=false). The JAX child lowers every row, compiles them all at once in
-threads (--compile serial: one by one), then times the rows one at a time in the order c, b, a, d,
+XLA_PYTHON_CLIENT_PREALLOCATE=false). The JAX child lowers every row, then compiles and times the
+rows one at a time (--compile parallel: all compiles at once in threads first) in the order c, b, a, d,
 e, nothing else running. The parent stops a child at --budget-s and still prints what finished.
 No XLA flags are set on the GPU (--tiny lowers XLA's CPU optimisation level: compile time only).
 Progress lines carry timestamps; the table goes to $OUT/gpu_bench.json (else
@@ -275,11 +275,16 @@ def run_jax(args, rows):
     except Exception as err:  # pylint: disable=broad-except  # one failed row must not end the run
       failed[row] = _error(err)
   log(f'lowered rows {",".join(lowered)}; compiling '
-      f'{"concurrently" if args.compile == "parallel" else "one by one"}')
-  compiled = _compile_all(lowered, args.compile == 'parallel')
-  _emit({'kind': 'meta', 'part': 'jax_compiled', 'peak_bytes': peak_bytes()})
+      f'{"concurrently" if args.compile == "parallel" else "one by one, each timed at once"}')
+  # serial: compile a row, time it, then the next, so a slow compile (K members) cannot keep
+  # the rows before it from being recorded; parallel: all compiles first, then the timings.
+  compiled = _compile_all(lowered, True) if args.compile == 'parallel' else {}
+  if compiled:
+    _emit({'kind': 'meta', 'part': 'jax_compiled', 'peak_bytes': peak_bytes()})
   for row in order:
     result = {'error': failed[row]} if row in failed else {}
+    if row in lowered and row not in compiled:
+      compiled.update(_compile_all({row: lowered[row]}, False))
     if row in compiled:
       fn, seconds = compiled.pop(row)
       result = {'error': _error(fn)} if isinstance(fn, Exception) else {'compile_s': seconds}
@@ -469,8 +474,9 @@ def _parse(argv):
   p.add_argument('--budget-s', type=float, default=250.0, help='stop children after this')
   p.add_argument('--torch-cudnn', choices=('reference', 'benchmark'), default='reference')
   p.add_argument('--cache-dir', default='', help='JAX compilation cache dir (default: none)')
-  p.add_argument('--compile', choices=('parallel', 'serial'), default='parallel',
-                 help='compile the JAX rows concurrently (then time them one by one) or serially')
+  p.add_argument('--compile', choices=('parallel', 'serial'), default='serial',
+                 help='serial: compile and time each JAX row in turn (a slow compile cannot '
+                 'starve the rows before it); parallel: compile all concurrently, then time')
   p.add_argument('--child', choices=('jax', 'torch'), help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   rows = [r.strip() for r in args.rows.split(',') if r.strip()]

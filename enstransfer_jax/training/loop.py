@@ -164,7 +164,8 @@ class Experiment:
       first = done_batches if epoch == done_epochs + 1 else 0
       running = running if first else None
       bar = tqdm(slices, desc=f'member {names} epoch {epoch}/{stage[0].epochs}', initial=first,
-                 disable=not c.progress, leave=False, dynamic_ncols=True)
+                 disable=not (c.progress and mesh.is_writer()), leave=False,
+                 dynamic_ncols=True)
       for b in range(first, len(slices)):
         lo, hi = slices[b]
         idx = np.stack([o[lo:hi] for o in orders])

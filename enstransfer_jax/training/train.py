@@ -9,7 +9,7 @@ import numpy as np
 
 from enstransfer_jax import metrics
 from enstransfer_jax.data import datasets
-from enstransfer_jax.training import config_check, loop, wandb_log
+from enstransfer_jax.training import config_check, loop, mesh, wandb_log
 from enstransfer_jax.training import workdir as wd
 
 # Fields that may differ when a run is continued in the same work dir.
@@ -99,6 +99,7 @@ def run(config, workdir=None):
   wd.write_json(os.path.join(workdir, 'summary.json'), summary)
   log.write('summary', mean_member_acc=summary['mean_member_acc'],
             ensemble_acc=summary['ensembles'][-1]['acc'], diversity=summary['diversity'])
-  print(metrics.format_summary(summary), flush=True)
+  if mesh.is_writer():
+    print(metrics.format_summary(summary), flush=True)
   wandb_log.finish(run_handle, summary)
   return summary

@@ -59,8 +59,8 @@ class Experiment:
           raise ValueError(f'checkpoint {ckpt} holds a {arch} but config.model is '
                            f'{self.config.model}; set --config.model={arch}')
       else:
-        dummy = jnp.zeros((1, self.config.image_size, self.config.image_size, 3), jnp.float32)
-        variables = self.model.init(jax.random.PRNGKey(self.config.seed), dummy, train=False)
+        variables = models.init_variables(self.model, jax.random.PRNGKey(self.config.seed),
+                                          self.config.image_size)
       self.pretrained[ckpt] = jax.device_get(dict(variables))
     return self.pretrained[ckpt]
 
@@ -81,7 +81,7 @@ class Experiment:
     c = self.config
     cycle = plan_lib.is_cycle(member)
     fmap_on = any(c.fmap_betas) and (c.which_model_is_regularizer == 'pretrain' or cycle)
-    earlier = [i for i in self.finished if i != 1 and i < member.index]
+    earlier = self._earlier(member)
     frozen = tuple(c.freeze_layers) if cycle else ()
     return step_lib.Terms(
         fmap_betas=tuple(float(b) for b in c.fmap_betas) if fmap_on else (),
@@ -106,7 +106,7 @@ class Experiment:
           self.pretrained_variables(member.ckpt or self.config.ckpt or '') if pretrain
           else self.finished[1]))
     if terms.wo_beta or terms.prev_ce_beta:
-      earlier = sorted(i for i in self.finished if i != 1 and i < member.index)
+      earlier = self._earlier(member)
       chosen = earlier[rng.integers(len(earlier))]
       if terms.wo_beta:
         aux['wo'] = self._place(('wo', chosen), lambda: losses.flatten_params(
@@ -115,6 +115,10 @@ class Experiment:
         aux['prev'] = self._place(('prev', chosen), lambda: self.finished[chosen])
     return aux
 
+  def _earlier(self, member):
+    """Saved members WO / prev-CE may draw from: before `member`, other than member 1."""
+    return sorted(i for i in self.finished if i != 1 and i < member.index)
+
   def _place(self, key, make):
     """Regulariser inputs, replicated on every device once per stage."""
     if key not in self._placed:
@@ -122,8 +126,7 @@ class Experiment:
     return self._placed[key]
 
   # Training.
-  def start_state(self, stage, tx):
-    inits = [self.initial_variables(m) for m in stage]
+  def start_state(self, inits, tx):
     params = stack([v['params'] for v in inits])
     opt_state = jax.vmap(tx.init)(params)
     if not self.config.reset_optim_state and self._last_opt_state is not None:
@@ -136,9 +139,9 @@ class Experiment:
     names = ', '.join(str(m.index) for m in stage)
     terms = self.terms(stage[0])
     frozen = set(c.freeze_layers) if plan_lib.is_cycle(stage[0]) else set()
-    tx = optim.create_optimizer(c, self.trainable_mask(self.initial_variables(stage[0])['params'],
-                                                       frozen))
-    state = self.start_state(stage, tx)
+    inits = [self.initial_variables(m) for m in stage]
+    tx = optim.create_optimizer(c, self.trainable_mask(inits[0]['params'], frozen))
+    state = self.start_state(inits, tx)
     done_epochs, done_batches, running = 0, 0, None
     if position is not None and (position['epoch'] or position['batch']):
       state = self.progress.restore(state, position)

@@ -7,6 +7,7 @@ from enstransfer_jax.analysis.basin import line, plane, plane_basis, plane_coeff
 from enstransfer_jax.analysis.evaluate import Evaluator, combine
 from enstransfer_jax.analysis.pipeline import Options, analyze_run, load_run
 from enstransfer_jax.analysis.report import comparison, write_comparison
+from enstransfer_jax.analysis.rtd_metric import rtd_score
 from enstransfer_jax.analysis.similarity import (centered_gram, cka_from_grams, feature_mse,
                                                  linear_cka, rtd)
 from enstransfer_jax.analysis.soup import soup_probs, uniform_soup

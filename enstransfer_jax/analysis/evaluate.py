@@ -3,6 +3,11 @@
 All take uint8 images [N, H, W, 3] and apply the run's eval transform on the device.
 
   Evaluator.probs(variables, images)     softmax probabilities [N, C] (float32 numpy)
+  Evaluator.member_probs(stacked, images, batch_size=None)
+      softmax probabilities [K, N, C] (float32 numpy) of K members whose variables are stacked
+      on a leading axis (see `stack`): one jitted program per batch, the eval transform applied
+      once and the members under jax.vmap. Batches of a fixed size (the last one padded, then
+      cut), so one compilation per image shape; the engine's test evaluation uses it too.
   Evaluator.features(variables, images)  the five maps (layer1..layer4, pooled), each flattened
                                          per example: float32 numpy [N, D_l]
   Evaluator.recompute_bn(variables, images)
@@ -50,25 +55,41 @@ class Evaluator:
                            train=True, mutable=['batch_stats'])
       return jax.tree_util.tree_map(lambda s: s / _MOMENTUM, new['batch_stats'])
 
+    def member_probs(stacked, images):
+      x = prep(images)
+      one = lambda v: jax.nn.softmax(model.apply(v, x, train=False)[0].astype(jnp.float32), -1)
+      return jax.vmap(one)(stacked)
+
     self._probs = jax.jit(lambda v, x: forward(v, x)[0])
+    self._member_probs = jax.jit(member_probs)
     self._features = jax.jit(lambda v, x: forward(v, x)[1])
     self._batch_stats = jax.jit(batch_stats)
 
-  def _padded(self, fn, variables, images, desc):
-    """fn over batches of a fixed size (the last one padded, then cut): one compilation."""
+  def _padded(self, fn, variables, images, desc, axis=0, batch_size=None):
+    """fn over batches of a fixed size (the last one padded, then cut): one compilation.
+
+    `axis`: the example axis of fn's outputs (1 for member_probs' [K, B, C]).
+    """
     n = len(images)
+    size = int(batch_size or self.batch_size)
     out = []
-    slices = batches.batch_slices(n, self.batch_size)
+    slices = batches.batch_slices(n, size)
+    cut = lambda a, k: np.asarray(a[(slice(None),) * axis + (slice(0, k),)])
     for lo, hi in tqdm(slices, desc=desc, leave=False,
                        disable=not self.progress or len(slices) < _BAR_MIN_BATCHES):
       x = images[lo:hi]
-      if hi - lo < self.batch_size and n > self.batch_size:
-        x = np.concatenate([x, np.repeat(x[-1:], self.batch_size - (hi - lo), 0)])
-      out.append(jax.tree_util.tree_map(lambda a, k=hi - lo: np.asarray(a[:k]), fn(variables, x)))
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *out)
+      if hi - lo < size and n > size:
+        x = np.concatenate([x, np.repeat(x[-1:], size - (hi - lo), 0)])
+      out.append(jax.tree_util.tree_map(lambda a, k=hi - lo: cut(a, k), fn(variables, x)))
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis), *out)
 
   def probs(self, variables, images):
     return self._padded(self._probs, variables, images, 'predict')
+
+  def member_probs(self, stacked_variables, images, batch_size=None):
+    """[K, N, C] float32 softmax of K stacked members on uint8 images [N, H, W, 3]."""
+    return self._padded(self._member_probs, stacked_variables, images, 'predict', axis=1,
+                        batch_size=batch_size)
 
   def features(self, variables, images):
     return list(self._padded(self._features, variables, images, 'features'))
@@ -90,6 +111,13 @@ class Evaluator:
                                      total, stats)
     stats = jax.tree_util.tree_map(lambda t: (t / n).astype(np.float32), total)
     return {'params': variables['params'], 'batch_stats': stats}
+
+
+def stack(trees):
+  """One tree whose leaves are the given trees' leaves stacked on a new leading axis."""
+  if not trees:
+    raise ValueError('stack needs at least one tree')
+  return jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
 def combine(trees, coefficients):

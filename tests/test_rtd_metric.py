@@ -98,3 +98,18 @@ def test_bad_inputs_and_degenerate_clouds():
   with pytest.raises(ValueError, match='n >= 2'):
     analysis.rtd_score(x[:1], y[:1])
   assert np.isnan(analysis.rtd_score(np.zeros((10, 3)), y))  # every distance 0
+
+
+def test_analysis_column_uses_the_metric():
+  """similarity.compare's 'rtd_metric' (from centred Grams) is the metric of the features."""
+  from enstransfer_jax.analysis import pipeline, similarity  # pylint: disable=g-import-not-at-top
+  x, y = _clouds(30, 6, 9, seed=8)
+  row = similarity.compare(x, y, with_rtd=False, rtd_trials=2, rtd_batch=20)
+  rng = np.random.default_rng(0)
+  subsets = [rng.permutation(30)[:20] for _ in range(2)]
+  np.testing.assert_allclose(row['rtd_metric'],
+                             np.mean([reference_rtd(x[i], y[i]) for i in subsets]), rtol=1e-5)
+  assert np.isnan(similarity.compare(x, y, with_rtd=False, rtd_batch=0)['rtd_metric'])
+  assert (pipeline.Options().rtd_trials, pipeline.Options().rtd_batch) == (10, 500)
+  with pytest.raises(ValueError, match='rtd_trials must be >= 1'):
+    pipeline.Options(rtd_trials=0).check()

@@ -3,15 +3,17 @@
 Order of work (each model's forward passes happen once per purpose):
   1. tables from the saved test probabilities (never recomputed): per member and per
      ensemble size accuracy / NLL / ECE / Brier, the pairwise diversity matrix;
-  2. features of the first `subset` test examples, once per model; linear CKA, MSE and RTD
-     of each of the five maps between member 1 and member i and between the pre-trained
-     model and member i (only the features of member 1 and of the pre-trained models stay
-     in memory);
+  2. features of the first `subset` test examples, once per model; linear CKA, MSE, RTD and
+     the RTD metric of each of the five maps between member 1 and member i and between the
+     pre-trained model and member i (only the features of member 1 and of the pre-trained
+     models stay in memory);
   3. per-stage weight distances from the pre-trained model, cosines of the members' updates;
   4. the uniform soup with BN statistics recomputed on training data;
   5. loss / accuracy along lines (member pairs, pre-trained -> member) and on the plane
      through members 1..3, BN statistics recomputed at every point;
-  6. the learning-rate schedule; PNG plots, CSV / JSON tables and report.md.
+  6. the learning-rate schedule; PNG plots, CSV / JSON tables and report.md;
+  7. calibration (reliability diagrams, temperature scaling; calibration.py) and, with
+     Options.ood, out-of-distribution detection (ood.py), all members in one vmapped pass.
 A pre-trained head with another number of classes than the members' is compared only where
 comparable: features and backbone weights; its interpolation end point gets the member's head.
 """
@@ -28,6 +30,7 @@ from tqdm import tqdm
 
 from enstransfer_jax import checkpoints, metrics, models, schedules
 from enstransfer_jax.analysis import basin, outputs, similarity, soup, weights
+from enstransfer_jax.analysis import calibration, evaluate, ood
 from enstransfer_jax.analysis.evaluate import Evaluator
 from enstransfer_jax.data import batches, datasets
 
@@ -38,6 +41,8 @@ LAYERS = ('layer1', 'layer2', 'layer3', 'layer4', 'pooled')
 class Options:
   subset: int = 512  # test examples for the representation comparisons (the first ones)
   rtd_points: int = similarity.RTD_POINTS  # examples of the subset used for RTD; 0 = no RTD
+  rtd_batch: int = 500  # RTD metric (rtd_metric.py): examples per random subset; 0 = none
+  rtd_trials: int = 10  # RTD metric: subsets averaged over (one when subset <= rtd_batch)
   line_points: int = 11  # alphas 0, 0.1, ..., 1
   grid: int = 7  # plane: grid x grid points; 0 = no plane
   margin: float = 0.2
@@ -45,6 +50,8 @@ class Options:
   eval_examples: int = 0  # test images scored along lines and on the plane; 0 = all
   # (both drawn once with seed 0 when smaller than the split: pipeline.sample_indices)
   soup: bool = True
+  calibration: bool = True  # reliability diagrams, temperature scaling (calibration.py)
+  ood: str = ''  # 'DATASET[:CLASSES]': out-of-distribution detection against it (ood.py)
   basin: bool = True
   progress: bool = True
 
@@ -52,7 +59,9 @@ class Options:
     for name in ('subset', 'line_points'):
       if getattr(self, name) < 2:
         raise ValueError(f'{name} must be >= 2, got {getattr(self, name)}')
-    for name in ('rtd_points', 'grid', 'bn_examples', 'eval_examples'):
+    if self.rtd_trials < 1:
+      raise ValueError(f'rtd_trials must be >= 1, got {self.rtd_trials}')
+    for name in ('rtd_points', 'rtd_batch', 'grid', 'bn_examples', 'eval_examples'):
       if getattr(self, name) < 0:
         raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
     if self.grid == 1:
@@ -190,7 +199,9 @@ def similarity_rows(ev, member_vars, pres, images, opts):
         rows.append({'member': i, 'reference': name, 'layer': layer,
                      **similarity.compare(x, y, gram_x=gx, gram_y=gy,
                                           rtd_points=opts.rtd_points,
-                                          with_rtd=opts.rtd_points > 0)})
+                                          with_rtd=opts.rtd_points > 0,
+                                          rtd_trials=opts.rtd_trials,
+                                          rtd_batch=opts.rtd_batch)})
   return rows
 
 
@@ -254,6 +265,20 @@ def basin_results(ev, member_vars, pres, data, opts, score):
           'bn_examples': len(bn_images), 'eval_examples': len(y)}
 
 
+def uncertainty_sections(res, config, probs, labels, ev, member_vars, opts, out):
+  """Calibration and OOD detection (calibration.py, ood.py) into res; their files into out."""
+  stacked = evaluate.stack([_vars(v) for v in member_vars])
+  member_probs = lambda images: ev.member_probs(stacked, images)
+  files = {}
+  if opts.calibration:
+    res['calibration'] = calibration.run_calibration(config, probs, labels, member_probs)
+    files.update(calibration.write_files(res['calibration'], out))
+  if opts.ood:
+    res['ood'] = ood.run_ood(config, probs, member_probs, opts.ood)
+    files.update(ood.write_files(res['ood'], out))
+  res['uncertainty_files'] = files
+
+
 def analyze_run(workdir, out, opts):
   """Writes the analysis of one work dir into `out`; returns the results dict."""
   opts.check()
@@ -282,6 +307,7 @@ def analyze_run(workdir, out, opts):
                  interpolation=config.get('interpolation', 'bilinear'),
                  batch_size=config.get('eval_batch_size', 500), progress=opts.progress)
   pres = load_pretrained_models(info, member_vars, workdir, notes)
+  uncertainty_sections(res, config, probs, labels, ev, member_vars, opts, out)
   subset = data.test_images[:opts.subset]
   res['subset'] = len(subset)
   res['similarity'] = similarity_rows(ev, member_vars, pres, subset, opts)
@@ -306,4 +332,5 @@ def analyze_run(workdir, out, opts):
   except (ValueError, KeyError, AttributeError) as e:
     notes.append(f'Learning-rate schedule not tabulated: {e}')
   res['files'] = outputs.write_outputs(res, out)
+  res['files'].update(res['uncertainty_files'])
   return res

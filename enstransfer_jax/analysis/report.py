@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+from enstransfer_jax.analysis import calibration, ood
+
 
 def _plain(v):
   if isinstance(v, (np.generic, np.ndarray)):
@@ -171,14 +173,17 @@ def write_run_report(path, res, files):
                         {'member': str, **{f'member{j + 1}': '.2f' for j in range(k)}}), '']
   md += _img(files, 'diversity.png', 'diversity heat map')
   md += ['## Representations', '',
-         f"The first {res.get('subset', 0)} test examples; RTD on the first "
-         f"{min(res['options']['rtd_points'], res.get('subset', 0))} of them "
-         '(n/a where disabled); MSE needs maps of equal shape.', '']
+         f"The first {res.get('subset', 0)} test examples; RTD (the thesis's) on the first "
+         f"{min(res['options']['rtd_points'], res.get('subset', 0))} of them; RTD metric (the "
+         f"RTD literature's) averaged over {res['options'].get('rtd_trials', 10)} random "
+         f"subsets of {res['options'].get('rtd_batch', 500)} of them, all of them once when "
+         'fewer (n/a where disabled); MSE needs maps of equal shape.', '']
   if res['similarity']:
     md += [markdown_table(res['similarity'], [
         ('member', 'member'), ('reference', 'to'), ('layer', 'map'), ('cka', 'linear CKA'),
-        ('mse', 'MSE'), ('rtd', 'RTD')], {'member': str, 'reference': str, 'layer': str,
-                                          'mse': '.4g', 'rtd': '.4g'}), '']
+        ('mse', 'MSE'), ('rtd', 'RTD'), ('rtd_metric', 'RTD metric')],
+        {'member': str, 'reference': str, 'layer': str, 'mse': '.4g', 'rtd': '.4g',
+         'rtd_metric': '.4g'}), '']
   else:
     md += ['No pair to compare (one member and no pre-trained model).', '']
   for m in ('cka', 'rtd', 'mse'):
@@ -233,6 +238,9 @@ def write_run_report(path, res, files):
     md += _img(files, 'interpolation.png', 'interpolation curves')
     md += _img(files, 'plane.png', 'plane through members 1..3')
   md += _img(files, 'lr_schedule.png', 'learning-rate schedule')
+  files = {**files, **res.get('uncertainty_files', {})}
+  md += calibration.report_lines(res['calibration'], files) if 'calibration' in res else []
+  md += ood.report_lines(res['ood'], files) if 'ood' in res else []
   md += ['## Files', '', ', '.join(f'[{n}]({n})' for n in sorted(files) if n != 'report.md'), '']
   with open(path, 'w') as f:
     f.write('\n'.join(md))

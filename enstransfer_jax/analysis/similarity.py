@@ -11,6 +11,9 @@ Features X [n, d1] and Y [n, d2] (feature maps are flattened per example):
   RTD     the thesis's symmetric Representation Topology Divergence
           (enstransfer_jax.losses.rtd_loss) of the first `points` examples, with `card` large
           enough to keep every H1 pair.
+  RTD metric  the RTD of the RTD literature (analysis/rtd_metric.py: 0.9-quantile
+          normalisation, mean over `rtd_trials` subsets of `rtd_batch` examples), from the
+          distances the centred Grams give.
 
 Inputs are numpy or jax arrays; statistics are accumulated in float64 on the host, over
 column chunks (a ResNet-50 layer1 map at 224 px has 800k values per example). RTD's
@@ -18,6 +21,8 @@ persistent homology is the costly part (seconds per pair at 128 points, minutes 
 """
 
 import numpy as np
+
+from enstransfer_jax.analysis import rtd_metric
 
 RTD_POINTS = 128  # examples used for RTD (its filtration has 2 * points vertices)
 _CHUNK = 1 << 16  # feature columns converted to float64 at a time (layer1 of ResNet-50: 800k)
@@ -99,8 +104,10 @@ def rtd(x, y, *, points=RTD_POINTS, dim=1):
   return float(value)
 
 
-def compare(x, y, *, gram_x=None, gram_y=None, rtd_points=RTD_POINTS, with_rtd=True):
-  """{'cka', 'mse', 'rtd'} of one pair of maps; pass cached centred Grams to skip recomputing."""
+def compare(x, y, *, gram_x=None, gram_y=None, rtd_points=RTD_POINTS, with_rtd=True,
+            rtd_trials=10, rtd_batch=500):
+  """{'cka', 'mse', 'rtd', 'rtd_metric'} of one pair of maps (rtd_batch=0: no RTD metric);
+  pass cached centred Grams to skip recomputing."""
   x, y = _flat(x, 'x'), _flat(y, 'y')
   _check_pair(x, y)
   gx = centered_gram(x) if gram_x is None else gram_x
@@ -109,4 +116,7 @@ def compare(x, y, *, gram_x=None, gram_y=None, rtd_points=RTD_POINTS, with_rtd=T
       'cka': cka_from_grams(gx, gy),
       'mse': feature_mse(x, y) if x.shape == y.shape else float('nan'),
       'rtd': rtd(x, y, points=rtd_points) if with_rtd else float('nan'),
+      'rtd_metric': rtd_metric.rtd_score_from_distances(
+          rtd_metric.distances_from_gram(gx), rtd_metric.distances_from_gram(gy),
+          trials=rtd_trials, batch=rtd_batch) if rtd_batch else float('nan'),
   }

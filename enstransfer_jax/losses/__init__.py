@@ -1,4 +1,4 @@
-"""Losses: cross-entropy and the thesis's regularisers (RTD, feature MSE, WO, previous CE)."""
+"""Losses: cross-entropy and the thesis's regularisers (RTD, RTD-Lite, MSE, WO, previous CE)."""
 
 from enstransfer_jax.losses.cross_entropy import cross_entropy
 from enstransfer_jax.losses.cross_entropy import per_sample_cross_entropy
@@ -9,3 +9,6 @@ from enstransfer_jax.losses.prev_ce import prev_ce
 from enstransfer_jax.losses.rtd import pairwise_distances
 from enstransfer_jax.losses.rtd import persistence_pairs
 from enstransfer_jax.losses.rtd import rtd_loss
+from enstransfer_jax.losses.rtd_lite import mst_mask
+from enstransfer_jax.losses.rtd_lite import mst_weight
+from enstransfer_jax.losses.rtd_lite import rtd_lite_loss

@@ -1,5 +1,7 @@
 """Tests of the RTD loss against ripser.py, closed-form barcodes and finite differences."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ from scipy.spatial.distance import cdist
 
 from enstransfer_jax.losses import pairwise_distances
 from enstransfer_jax.losses import persistence_pairs
+from enstransfer_jax.losses import rtd
 from enstransfer_jax.losses import rtd_loss
 
 
@@ -221,3 +224,40 @@ def test_rtd_bad_shapes():
     rtd_loss(x, y[:5])
   with pytest.raises(ValueError, match=r'\[n, d\]'):
     rtd_loss(x[0], y[0])
+
+
+@pytest.fixture
+def set_workers():
+  yield rtd.set_workers
+  rtd.set_workers(None)
+
+
+def test_process_pool_pairs_are_bit_identical_to_serial(set_workers):
+  # Three members x the four MinMaxRTD filtrations of low-rank ReLU features in one call.
+  rng = np.random.default_rng(11)
+  z, w = rng.normal(size=(3, 24, 6)), rng.normal(size=(6, 32))
+  x, y = np.maximum(z @ w, 0), np.maximum((z + 0.3 * rng.normal(size=z.shape)) @ w, 0)
+  a = np.stack([cdist(m, m) for m in x]) / np.sqrt(32)
+  b = np.stack([cdist(m, m) for m in y]) / np.sqrt(32)
+  specs = tuple(t[1] for t in rtd._TERMS['minimum'] + rtd._TERMS['maximum'])
+  set_workers(0)
+  serial, _ = rtd._host_pairs(a, b, specs=specs, dim=1, card=300)
+  assert rtd._POOL is None
+  set_workers(2)
+  pooled, seconds = rtd._host_pairs(a, b, specs=specs, dim=1, card=300)
+  assert pooled.shape == (3, 4, 1, 300, 4) and seconds.shape == (3,)
+  assert (pooled[..., 2] > 0).sum() > 100  # many pairs, not just padding
+  np.testing.assert_array_equal(pooled, serial)
+  pids = set(rtd._POOL[0]._processes)  # the work ran in other processes
+  assert pids and os.getpid() not in pids
+  # The loss under vmap, through the callback: the same float32 values.
+  f = jax.jit(jax.vmap(lambda r, c: rtd_loss(r, c, mode='minmax')))
+  pooled_loss = np.asarray(f(x.astype(np.float32), y.astype(np.float32)))
+  set_workers(0)
+  np.testing.assert_array_equal(f(x.astype(np.float32), y.astype(np.float32)), pooled_loss)
+
+
+@pytest.mark.parametrize('value', [1.5, 'two', True])
+def test_set_workers_rejects_non_integers(value):
+  with pytest.raises(ValueError, match='rtd_workers'):
+    rtd.set_workers(value)

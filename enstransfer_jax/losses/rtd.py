@@ -44,9 +44,23 @@ generators that disagree with its own diagram (wrong birth edges in about 40% of
 seen here, nondeterministically), which changes the loss. Its diagrams stay correct, so
 only code that reads the generators (this loss, and the reference's giotto engine with
 its default n_threads=25) is affected.
+
+The filtrations of one host call (K members x T terms) run concurrently in a process pool
+(forkserver, else spawn; never fork, which would copy an initialised accelerator runtime):
+giotto-ph holds the GIL for a whole ripser call, so threads would not overlap. Each worker
+runs the same single-threaded giotto-ph call on the same float64 matrix, so the pairs are
+bit-identical to the serial path; the callback thread only waits on the futures.
+set_workers(n) picks the pool size: 0 runs serially in the calling thread, None (default)
+uses as many workers as filtrations, capped by the cores. The pool starts on first use
+(a few seconds, once: each worker imports giotto-ph and the main module, so a script that
+trains must guard its entry point with `if __name__ == '__main__':`); afterwards each
+filtration costs a pickle of its 2n x 2n float64 matrix (2 MB at n = 256) to the worker.
 """
 
+import concurrent.futures
 import functools
+import multiprocessing
+import os
 import time
 
 import jax
@@ -85,6 +99,21 @@ def pairwise_distances(x):
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, d2, 1.0)), 0.0)
 
 
+def _ripser_kwargs(dim):
+  return dict(maxdim=dim, metric='precomputed', collapse_edges=False, n_threads=1,
+              return_generators=True)
+
+
+def _top_pairs(dm, gens, dim, card):
+  out = np.zeros((dim, card, 4), np.int32)
+  for k in range(dim):
+    g = np.asarray(gens[k], dtype=np.int64).reshape(-1, 4)
+    pers = dm[g[:, 2], g[:, 3]] - dm[g[:, 0], g[:, 1]]
+    order = np.argsort(-pers, kind='stable')[:card]
+    out[k, :len(order)] = g[order]
+  return out
+
+
 def persistence_pairs(dm, *, dim=1, card=50):
   """Top-`card` persistence pairs of the Vietoris-Rips filtration of `dm` (host, numpy).
 
@@ -99,15 +128,64 @@ def persistence_pairs(dm, *, dim=1, card=50):
   """
   import gph  # pylint: disable=g-import-not-at-top  # lazy: the GPU box lacks it unless carried
   dm = np.asarray(dm, dtype=np.float64)
-  rc = gph.ripser_parallel(dm, maxdim=dim, metric='precomputed', collapse_edges=False,
-                           n_threads=1, return_generators=True)
-  out = np.zeros((dim, card, 4), np.int32)
-  for k in range(dim):
-    gens = np.asarray(rc['gens'][1][k], dtype=np.int64).reshape(-1, 4)
-    pers = dm[gens[:, 2], gens[:, 3]] - dm[gens[:, 0], gens[:, 1]]
-    order = np.argsort(-pers, kind='stable')[:card]
-    out[k, :len(order)] = gens[order]
-  return out
+  rc = gph.ripser_parallel(dm, **_ripser_kwargs(dim))
+  return _top_pairs(dm, rc['gens'][1], dim, card)
+
+
+_WORKERS = None  # see set_workers
+_POOL = None  # (executor, size), created on first use
+
+
+def set_workers(n):
+  """Process-pool size for the filtrations of one host call: 0 = serial, None = default.
+
+  The default (None, or any negative n) runs as many filtrations at once as there are, up to
+  the number of cores this process may use.
+  """
+  global _WORKERS, _POOL
+  if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer))):
+    raise ValueError(f'rtd_workers must be an integer (0 = serial, -1 = one per filtration '
+                     f'up to the cores), got {n!r}.')
+  n = None if n is None or n < 0 else int(n)
+  if n != _WORKERS and _POOL is not None:
+    _POOL[0].shutdown(wait=False, cancel_futures=True)
+    _POOL = None
+  _WORKERS = n
+
+
+def _cores():
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+def _executor():
+  """The pool, or None for the serial path."""
+  global _POOL
+  size = _cores() if _WORKERS is None else _WORKERS
+  if size == 0:
+    return None
+  if _POOL is None:
+    method = 'forkserver' if 'forkserver' in multiprocessing.get_all_start_methods() else 'spawn'
+    # Workers start on demand, so at most min(filtrations, size) processes ever run.
+    _POOL = (concurrent.futures.ProcessPoolExecutor(
+        max_workers=size, mp_context=multiprocessing.get_context(method)), size)
+  return _POOL[0]
+
+
+def _all_pairs(matrices, dim, card):
+  """persistence_pairs of every matrix, in order: in the pool, or serially without one."""
+  pool = _executor() if matrices else None
+  if pool is None:
+    return [persistence_pairs(m, dim=dim, card=card) for m in matrices]
+  import gph  # pylint: disable=g-import-not-at-top
+  try:
+    futures = [pool.submit(gph.ripser_parallel, m, **_ripser_kwargs(dim)) for m in matrices]
+    return [_top_pairs(m, f.result()['gens'][1], dim, card) for m, f in zip(matrices, futures)]
+  except concurrent.futures.process.BrokenProcessPool as err:
+    global _POOL
+    _POOL = None
+    raise RuntimeError("an RTD worker process died: a script that trains must start from "
+                       "`if __name__ == '__main__':` (each worker imports it), or set "
+                       'rtd_workers=0 to compute the persistence in this process') from err
 
 
 def _host_matrix(spec, a, b):
@@ -119,16 +197,15 @@ def _host_matrix(spec, a, b):
 
 def _host_pairs(a, b, *, specs, dim, card):
   """pure_callback body: pairs for every filtration in specs, over any leading batch."""
+  start = time.perf_counter()  # monotonic clock
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   lead, n = a.shape[:-2], a.shape[-1]
   a, b = a.reshape(-1, n, n), b.reshape(-1, n, n)
-  idx = np.zeros((a.shape[0], len(specs), dim, card, 4), np.int32)
-  seconds = np.zeros(a.shape[0], np.float32)
-  for i in range(a.shape[0]):
-    start = time.perf_counter()  # monotonic clock
-    for t, spec in enumerate(specs):
-      idx[i, t] = persistence_pairs(_host_matrix(spec, a[i], b[i]), dim=dim, card=card)
-    seconds[i] = time.perf_counter() - start
+  matrices = [_host_matrix(spec, a[i], b[i]) for i in range(a.shape[0]) for spec in specs]
+  idx = np.stack(_all_pairs(matrices, dim, card)).reshape(
+      (a.shape[0], len(specs), dim, card, 4))
+  # The call's wall time, shared evenly by the members (they ran concurrently).
+  seconds = np.full(a.shape[0], (time.perf_counter() - start) / a.shape[0], np.float32)
   return idx.reshape(lead + idx.shape[1:]), seconds.reshape(lead)
 
 
@@ -215,7 +292,8 @@ def rtd_loss(reg_features, cur_features, *, dim=1, card=50, lp=1.0, is_sym=True,
     lp: exponent of |death - birth|.
     is_sym: add the rtd(B, A) terms (the loss is divided by 2 either way).
     mode: 'minimum' (RTDLoss) or 'minmax' (MinMaxRTDLoss).
-    return_aux: also return {'rtd_host_seconds': float32 time of the host callback}.
+    return_aux: also return {'rtd_host_seconds': float32 wall time of the host callback,
+      divided evenly among the members of a vmapped call}.
 
   Returns:
     The scalar loss, or (loss, aux) with return_aux.

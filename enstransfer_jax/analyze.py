@@ -35,6 +35,10 @@ def _read_summary(workdir):
     raise FileNotFoundError(f'{path} is missing: {workdir} is not a finished run')
   summary = pipeline.read_json(path)
   summary.setdefault('workdir', workdir)
+  summary['run_dir'] = workdir  # where relative checkpoint paths are looked up
+  for name in ('config', 'run_info'):  # the thesis columns check the run's setting
+    file = os.path.join(workdir, f'{name}.json')
+    summary[name] = pipeline.read_json(file) if os.path.isfile(file) else None
   return summary
 
 

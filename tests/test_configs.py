@@ -125,8 +125,7 @@ def test_config_matches_reference(name):
 def test_wo_gradient(name):
   """starsse_wo reproduces the thesis (no WO gradient); starsse_wo_grad is the intended method."""
   from configs import base  # pylint: disable=g-import-not-at-top
-  if 'wo_gradient' not in base.get_config():
-    pytest.skip('configs/base.py has no wo_gradient field yet')
+  assert 'wo_gradient' in base.get_config(), 'configs/base.py lacks the wo_gradient field'
   assert _config(name).wo_gradient is WO_GRADIENT[name]
 
 

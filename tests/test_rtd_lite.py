@@ -206,3 +206,13 @@ def test_bad_arguments(kwargs, match):
     rtd_lite_loss(x, y[:5])
   with pytest.raises(ValueError, match='square'):
     barcode_lib.rtd_lite_barcode(np.zeros((3, 4)), np.zeros((3, 4)))
+
+
+def test_analysis_rtd_lite_of_features_matches_float64_numpy():
+  from enstransfer_jax.analysis import similarity  # pylint: disable=g-import-not-at-top
+  x, y = _clouds(30, 12, 10, relu=True)
+  y = y[:, :7]
+  expected = _numpy_loss(x, y, 'sqrt_dim')
+  np.testing.assert_allclose(similarity.rtd_lite(x, y), expected, rtol=1e-9)
+  out = similarity.compare(x.reshape(30, 3, 4), y, with_rtd=False)
+  np.testing.assert_allclose(out['rtd_lite'], expected, rtol=1e-9)

@@ -1,4 +1,4 @@
-"""Similarity of two representations of the same n examples: linear CKA, MSE and RTD.
+"""Similarity of two representations of the same n examples: linear CKA, MSE, RTD, RTD-Lite.
 
 Features X [n, d1] and Y [n, d2] (feature maps are flattened per example):
 
@@ -11,6 +11,8 @@ Features X [n, d1] and Y [n, d2] (feature maps are flattened per example):
   RTD     the thesis's symmetric Representation Topology Divergence
           (enstransfer_jax.losses.rtd_loss) of the first `points` examples, with `card` large
           enough to keep every H1 pair.
+  RTD-Lite the RTDLiteLoss (enstransfer_jax.losses.rtd_lite_loss, distances / sqrt(d)) of all
+          n examples, in float64 from the centred Gram matrices (analysis/rtd_lite.py).
   RTD metric  the RTD of the RTD literature (analysis/rtd_metric.py: 0.9-quantile
           normalisation, mean over `rtd_trials` subsets of `rtd_batch` examples), from the
           distances the centred Grams give.
@@ -104,10 +106,21 @@ def rtd(x, y, *, points=RTD_POINTS, dim=1):
   return float(value)
 
 
+def rtd_lite(x, y, *, gram_x=None, gram_y=None):
+  """RTD-Lite of x (reference) and y on all their examples (distances / sqrt(width))."""
+  from enstransfer_jax.analysis import rtd_lite as lite  # pylint: disable=g-import-not-at-top
+  x, y = _flat(x, 'x'), _flat(y, 'y')
+  _check_pair(x, y)
+  gx = centered_gram(x) if gram_x is None else gram_x
+  gy = centered_gram(y) if gram_y is None else gram_y
+  return lite.rtd_lite(rtd_metric.distances_from_gram(gx) / np.sqrt(x.shape[1]),
+                       rtd_metric.distances_from_gram(gy) / np.sqrt(y.shape[1]))
+
+
 def compare(x, y, *, gram_x=None, gram_y=None, rtd_points=RTD_POINTS, with_rtd=True,
             rtd_trials=10, rtd_batch=500):
-  """{'cka', 'mse', 'rtd', 'rtd_metric'} of one pair of maps (rtd_batch=0: no RTD metric);
-  pass cached centred Grams to skip recomputing."""
+  """{'cka', 'mse', 'rtd', 'rtd_lite', 'rtd_metric'} of one pair of maps (rtd_batch=0: no RTD
+  metric); pass cached centred Grams to skip recomputing."""
   x, y = _flat(x, 'x'), _flat(y, 'y')
   _check_pair(x, y)
   gx = centered_gram(x) if gram_x is None else gram_x
@@ -116,6 +129,7 @@ def compare(x, y, *, gram_x=None, gram_y=None, rtd_points=RTD_POINTS, with_rtd=T
       'cka': cka_from_grams(gx, gy),
       'mse': feature_mse(x, y) if x.shape == y.shape else float('nan'),
       'rtd': rtd(x, y, points=rtd_points) if with_rtd else float('nan'),
+      'rtd_lite': rtd_lite(x, y, gram_x=gx, gram_y=gy),
       'rtd_metric': rtd_metric.rtd_score_from_distances(
           rtd_metric.distances_from_gram(gx), rtd_metric.distances_from_gram(gy),
           trials=rtd_trials, batch=rtd_batch) if rtd_batch else float('nan'),

@@ -3,10 +3,10 @@
 Order of work (each model's forward passes happen once per purpose):
   1. tables from the saved test probabilities (never recomputed): per member and per
      ensemble size accuracy / NLL / ECE / Brier, the pairwise diversity matrix;
-  2. features of the first `subset` test examples, once per model; linear CKA, MSE, RTD and
-     the RTD metric of each of the five maps between member 1 and member i and between the
-     pre-trained model and member i (only the features of member 1 and of the pre-trained
-     models stay in memory);
+  2. features of the first `subset` test examples, once per model; linear CKA, MSE, RTD,
+     RTD-Lite and the RTD metric of each of the five maps between member 1 and member i and
+     between the pre-trained model and member i (only the features of member 1 and of the
+     pre-trained models stay in memory);
   3. per-stage weight distances from the pre-trained model, cosines of the members' updates;
   4. the uniform soup with BN statistics recomputed on training data;
   5. loss / accuracy along lines (member pairs, pre-trained -> member) and on the plane

@@ -184,16 +184,17 @@ def write_run_report(path, res, files):
   md += _img(files, 'diversity.png', 'diversity heat map')
   md += ['## Representations', '',
          f"The first {res.get('subset', 0)} test examples; RTD (the thesis's) on the first "
-         f"{min(res['options']['rtd_points'], res.get('subset', 0))} of them; RTD metric (the "
+         f"{min(res['options']['rtd_points'], res.get('subset', 0))} of them; RTD-Lite on all "
+         "of them; RTD metric (the "
          f"RTD literature's) averaged over {res['options'].get('rtd_trials', 10)} random "
          f"subsets of {res['options'].get('rtd_batch', 500)} of them, all of them once when "
          'fewer (n/a where disabled); MSE needs maps of equal shape.', '']
   if res['similarity']:
     md += [markdown_table(res['similarity'], [
         ('member', 'member'), ('reference', 'to'), ('layer', 'map'), ('cka', 'linear CKA'),
-        ('mse', 'MSE'), ('rtd', 'RTD'), ('rtd_metric', 'RTD metric')],
+        ('mse', 'MSE'), ('rtd', 'RTD'), ('rtd_lite', 'RTD-Lite'), ('rtd_metric', 'RTD metric')],
         {'member': str, 'reference': str, 'layer': str, 'mse': '.4g', 'rtd': '.4g',
-         'rtd_metric': '.4g'}), '']
+         'rtd_lite': '.4g', 'rtd_metric': '.4g'}), '']
   else:
     md += ['No pair to compare (one member and no pre-trained model).', '']
   for m in ('cka', 'rtd', 'mse'):

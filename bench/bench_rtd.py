@@ -19,6 +19,18 @@ generators are wrong now and then when it runs multi-threaded (see losses/rtd.py
   mkdir -p /tmp/ref_rtd && git -C /work/.mirror/tgritsaev+ens-hse-diploma/repo \
       archive HEAD utils | tar -x -C /tmp/ref_rtd
   python bench/bench_rtd.py --reference-dir /tmp/ref_rtd --n 256 --d 2048
+
+--lite: RTD-Lite against the exact RTD instead, side by side in one run. Forward + backward
+(jax.jit(jax.value_and_grad), w.r.t. the current features) of RTDLiteLoss, RTDLoss with the
+filtrations run serially (rtd.set_workers(0)) and RTDLoss with them in the process pool
+(the default; its start-up is in the warm-up), each divided by one ResNet-50 train step
+(SGD, cross-entropy, BN in train mode) at the same batch, --resnet-px pixels. Then the
+agreement of the two losses over --pairs feature pairs whose current features drift by an
+amount spread over [0.05, 1] (--agreement-n, --agreement-d): Pearson and Spearman
+correlation of the values, the cosine of their gradients w.r.t. the current features, and
+the ratio RTD / RTD-Lite (what scales an RTD beta to an RTD-Lite beta of the same size).
+
+  python bench/bench_rtd.py --lite --n 64,128,256 --d 2048
 """
 
 import argparse
@@ -34,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from enstransfer_jax.losses import rtd  # pylint: disable=g-import-not-at-top,wrong-import-position
+from enstransfer_jax.losses import rtd_lite_loss  # pylint: disable=g-import-not-at-top,wrong-import-position
 from enstransfer_jax.losses import rtd_loss  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -68,7 +82,7 @@ def load_reference(reference_dir):
   return module
 
 
-def synthetic_features(rng, n, d, rank):
+def synthetic_features(rng, n, d, rank, noise=None):
   """ReLU features of width d with `rank` latent factors (full rank when rank is 0).
 
   Network features have a low intrinsic dimension; full-rank Gaussian features are the
@@ -76,10 +90,10 @@ def synthetic_features(rng, n, d, rank):
   """
   if rank == 0:
     reg = rng.normal(size=(n, d))
-    cur = reg + 0.5 * rng.normal(size=(n, d))
+    cur = reg + (0.5 if noise is None else noise) * rng.normal(size=(n, d))
   else:
     z, w = rng.normal(size=(n, rank)), rng.normal(size=(rank, d)) / np.sqrt(rank)
-    reg, cur = z @ w, (z + 0.3 * rng.normal(size=(n, rank))) @ w
+    reg, cur = z @ w, (z + (0.3 if noise is None else noise) * rng.normal(size=(n, rank))) @ w
   return np.maximum(reg, 0).astype(np.float32), np.maximum(cur, 0).astype(np.float32)
 
 
@@ -136,6 +150,85 @@ def bench_torch(module, reg, cur, mode, card, n_threads, repeats, device):
   return _median_ms(run, repeats), out['value']
 
 
+def resnet_step_ms(n, px, repeats):
+  """Median ms of one ResNet-50 train step (SGD, cross-entropy, BN in train mode), batch n."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.create_model('ResNet50', 100)
+  variables = models.init_variables(model, jax.random.PRNGKey(0))
+  tx = optax.sgd(0.05, momentum=0.9)
+
+  @jax.jit
+  def step(params, batch_stats, opt_state, x, y):
+    def loss_fn(p):
+      (logits, _), new = model.apply({'params': p, 'batch_stats': batch_stats}, x, train=True,
+                                     mutable=['batch_stats'])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
+    (_, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new['batch_stats'], opt_state
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(n, px, px, 3)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 100, n))
+  params, stats = variables['params'], variables['batch_stats']
+  opt_state = tx.init(params)
+  return _median_ms(lambda: jax.block_until_ready(step(params, stats, opt_state, x, y)),
+                    repeats)
+
+
+def bench_lite(args):
+  """The --lite tables: timings side by side, then the agreement of the two losses."""
+  lite = jax.jit(jax.value_and_grad(lambda c, r: rtd_lite_loss(r, c)))
+  exact = jax.jit(jax.value_and_grad(lambda c, r: rtd_loss(r, c, card=args.card)))
+  d = int(args.d.split(',')[0])
+  print(f'JAX device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores, d={d}, '
+        f'rank={args.rank}, card={args.card}, median of {args.repeats}, ResNet-50 at '
+        f'{args.resnet_px} px')
+  print(f'{"n":>5} {"lite ms":>8} {"serial ms":>10} {"pooled ms":>10} {"resnet ms":>10} '
+        f'{"lite/rn":>8} {"serial/rn":>10} {"pooled/rn":>10} {"serial/lite":>12}')
+  rng = np.random.default_rng(0)
+  for n in (int(v) for v in args.n.split(',')):
+    reg, cur = (jnp.asarray(f) for f in synthetic_features(rng, n, d, args.rank))
+    timed = lambda fn: _median_ms(lambda: jax.block_until_ready(fn(cur, reg)), args.repeats)
+    lite_ms = timed(lite)
+    rtd.set_workers(0)
+    serial_ms = timed(exact)
+    rtd.set_workers(None)
+    pooled_ms = timed(exact)
+    rn_ms = resnet_step_ms(n, args.resnet_px, args.repeats) if args.resnet_px else float('nan')
+    print(f'{n:>5} {lite_ms:>8.1f} {serial_ms:>10.1f} {pooled_ms:>10.1f} {rn_ms:>10.1f} '
+          f'{lite_ms / rn_ms:>8.3f} {serial_ms / rn_ms:>10.3f} {pooled_ms / rn_ms:>10.3f} '
+          f'{serial_ms / lite_ms:>12.1f}')
+  agreement(args, lite, exact)
+
+
+def agreement(args, lite, exact):
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  n, d = args.agreement_n, args.agreement_d
+  rng = np.random.default_rng(1)
+  noises = np.geomspace(0.05, 1.0, args.pairs)
+  values, cosines = [], []
+  for noise in noises:
+    reg, cur = (jnp.asarray(f) for f in synthetic_features(rng, n, d, args.rank, noise))
+    (v_lite, g_lite), (v_exact, g_exact) = lite(cur, reg), exact(cur, reg)
+    g_lite, g_exact = np.ravel(g_lite), np.ravel(g_exact)
+    values.append((float(v_lite), float(v_exact)))
+    cosines.append(float(g_lite @ g_exact / np.linalg.norm(g_lite) / np.linalg.norm(g_exact)))
+  values = np.array(values)
+  ratio = values[:, 1] / values[:, 0]
+  print(f'\nagreement over {len(noises)} pairs, n={n}, d={d}, drift {noises[0]:.2f}..'
+        f'{noises[-1]:.2f} (rank-{args.rank} latent noise):')
+  print(f'{"drift":>6} {"RTD-Lite":>9} {"RTD":>9} {"RTD/Lite":>9} {"grad cos":>9}')
+  for noise, (v_lite, v_exact), r, c in zip(noises, values, ratio, cosines):
+    print(f'{noise:>6.3f} {v_lite:>9.4f} {v_exact:>9.4f} {r:>9.3f} {c:>9.3f}')
+  print(f'Pearson {stats.pearsonr(values[:, 0], values[:, 1])[0]:.3f}, Spearman '
+        f'{stats.spearmanr(values[:, 0], values[:, 1])[0]:.3f}; gradient cosine mean '
+        f'{np.mean(cosines):.3f} (min {np.min(cosines):.3f}, max {np.max(cosines):.3f}); '
+        f'RTD / RTD-Lite median {np.median(ratio):.3f} (min {ratio.min():.3f}, max '
+        f'{ratio.max():.3f})')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--n', default='256', help='batch sizes, comma separated')
@@ -149,7 +242,17 @@ def main():
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--reference-dir', default=None,
                       help='scratch checkout holding utils/fmap_loss.py of the reference')
+  parser.add_argument('--lite', action='store_true',
+                      help='RTD-Lite against RTD serial / pooled and a ResNet-50 step instead')
+  parser.add_argument('--resnet-px', type=int, default=32,
+                      help='--lite: image size of the ResNet-50 step (0: no ResNet step)')
+  parser.add_argument('--pairs', type=int, default=16, help='--lite: feature pairs compared')
+  parser.add_argument('--agreement-n', type=int, default=256)
+  parser.add_argument('--agreement-d', type=int, default=2048)
   args = parser.parse_args()
+  if args.lite:
+    bench_lite(args)
+    return
   module = load_reference(args.reference_dir) if args.reference_dir else None
   torch_device = _torch_device() if module else None
 

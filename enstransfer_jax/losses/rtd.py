@@ -57,6 +57,7 @@ trains must guard its entry point with `if __name__ == '__main__':`); afterwards
 filtration costs a pickle of its 2n x 2n float64 matrix (2 MB at n = 256) to the worker.
 """
 
+import atexit
 import concurrent.futures
 import functools
 import multiprocessing
@@ -169,6 +170,15 @@ def _executor():
     _POOL = (concurrent.futures.ProcessPoolExecutor(
         max_workers=size, mp_context=multiprocessing.get_context(method)), size)
   return _POOL[0]
+
+
+@atexit.register
+def _shutdown():
+  """Stops the workers before the interpreter tears down the modules the pool uses."""
+  global _POOL
+  if _POOL is not None:
+    _POOL[0].shutdown(wait=True, cancel_futures=True)
+    _POOL = None
 
 
 def _all_pairs(matrices, dim, card):

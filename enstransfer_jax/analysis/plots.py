@@ -129,3 +129,43 @@ def learning_rate(path, lrs, steps_per_epoch):
   ax.plot(np.arange(len(lrs)) / steps_per_epoch, lrs)
   ax.set(xlabel='epoch', ylabel='learning rate', title='Learning-rate schedule')
   return _save(fig, path)
+
+
+def ood_histograms(path, scores, title):
+  """One panel per score: histograms of in- and out-of-distribution values.
+
+  scores: {name: (in_values, out_values)}.
+  """
+  fig, axes = plt.subplots(1, len(scores), figsize=(3.4 * len(scores), 3.0), squeeze=False)
+  for ax, (name, (s_in, s_out)) in zip(axes[0], scores.items()):
+    lo = min(float(np.min(s_in)), float(np.min(s_out)))
+    hi = max(float(np.max(s_in)), float(np.max(s_out)), lo + 1e-6)
+    bins = np.linspace(lo, hi, 31)
+    ax.hist(s_in, bins, alpha=0.6, density=True, label='in distribution')
+    ax.hist(s_out, bins, alpha=0.6, density=True, label='OOD')
+    ax.set(xlabel=name.replace('_', ' '), ylabel='density')
+  axes[0][0].legend(fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  return _save(fig, path)
+
+
+def reliability(path, curves):
+  """Reliability diagrams: accuracy against mean confidence per bin, one panel per curve.
+
+  curves: {name: calibration.reliability(...) dict}; bars at the bin accuracy, the gap to the
+  diagonal shaded.
+  """
+  fig, axes = plt.subplots(1, len(curves), figsize=(3.3 * len(curves), 3.3), squeeze=False)
+  for ax, (name, c) in zip(axes[0], curves.items()):
+    lo, hi = np.asarray(c['lo']), np.asarray(c['hi'])
+    acc, conf = np.asarray(c['accuracy'], float), np.asarray(c['confidence'], float)
+    full = np.asarray(c['count']) > 0
+    ax.bar(lo[full], acc[full], hi[full] - lo[full], align='edge', edgecolor='k', lw=0.5,
+           label='accuracy')
+    ax.bar(lo[full], conf[full] - acc[full], hi[full] - lo[full], bottom=acc[full],
+           align='edge', color='r', alpha=0.3, label='gap to confidence')
+    ax.plot([0, 1], [0, 1], 'k--', lw=0.8)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel='confidence', ylabel='accuracy', title=name,
+           aspect='equal')
+  axes[0][0].legend(fontsize=7, loc='upper left')
+  return _save(fig, path)

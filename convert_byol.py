@@ -3,11 +3,14 @@
   python convert_byol.py INPUT.pt OUTPUT_DIR [--arch ResNet50] [--num-classes N]
                          [--seed S] [--force] [--trust-pickle]
   python convert_byol.py --to-torch FLAX_DIR OUT.pt [--force]
+  python convert_byol.py --to-torch --all-members WORK_DIR OUT_DIR [--force]
 
 The architecture is inferred from the keys unless --arch is given. --num-classes
 replaces a head of another size by a fresh one (torch nn.Linear init, --seed);
 by default the checkpoint's head is kept and training replaces it. --to-torch
-writes {'model_state': state dict}, the format the PyTorch reference loads.
+writes {'model_state': state dict}, the format the PyTorch reference loads;
+with --all-members, every member of a finished run as OUT_DIR/member_<i>.pt, the
+run's config.json and a README.md saying what each file is.
 Exit status: 0 ok, 2 usage error or existing output (nothing touched), 1 other errors.
 """
 
@@ -20,6 +23,8 @@ def main(argv=None) -> int:
   parser.add_argument('input', help='torch .pt file (or, with --to-torch, a converted dir)')
   parser.add_argument('output', help='output dir (or, with --to-torch, a .pt file)')
   parser.add_argument('--to-torch', action='store_true', help='convert Flax -> torch')
+  parser.add_argument('--all-members', action='store_true',
+                      help='with --to-torch: every member of the run in work dir INPUT')
   parser.add_argument('--arch', default=None, help='ResNet18 | ResNet34 | ResNet50')
   parser.add_argument('--num-classes', type=int, default=None)
   parser.add_argument('--seed', type=int, default=0, help='seed of a replaced head')
@@ -28,9 +33,16 @@ def main(argv=None) -> int:
                       help='allow Python objects in the torch file (trusted files only)')
   args = parser.parse_args(argv)
 
+  if args.all_members and not args.to_torch:
+    print('error: --all-members exports a run to torch files; add --to-torch', file=sys.stderr)
+    return 2
   from enstransfer_jax import checkpoints  # pylint: disable=g-import-not-at-top
   try:
-    if args.to_torch:
+    if args.all_members:
+      info = checkpoints.export_members(args.input, args.output, force=args.force)
+      print(f'wrote {args.output}: {", ".join(info["files"])} ({info["architecture"]}, '
+            f'width {info["width"]}, {info["num_classes"]} classes)')
+    elif args.to_torch:
       info = checkpoints.export_torch(args.input, args.output, force=args.force)
       print(f'wrote {args.output}: {info["architecture"]} (width {info["width"]}), '
             f'{info["num_params"]:,} params, {info["num_classes"]} classes, '

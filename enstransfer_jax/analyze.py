@@ -10,6 +10,9 @@ over runs, in DIR or ./analysis/. --compare-only skips the per-run analysis.
 The basin analysis recomputes BN statistics on the whole train split at every point (about
 200 points for 5 members); --bn-examples / --eval-examples / --no-basin make it cheaper.
 Runs whose config enables wandb also log their tables and figures to a wandb run.
+Calibration (reliability diagrams, temperature scaling: analysis/calibration.py) is part of
+every analysis (--no-calibration skips it); --ood DATASET[:CLASSES] adds out-of-distribution
+detection against that dataset's test split (analysis/ood.py), e.g. --ood digits:0,1,2,3,4.
 """
 
 import argparse
@@ -141,6 +144,11 @@ def parse_args(argv):
   p.add_argument('--eval-examples', type=int, default=d.eval_examples,
                  help='test images scored in the basin analysis, a fixed random sample (0: all)')
   p.add_argument('--no-soup', dest='soup', action='store_false')
+  p.add_argument('--ood', default=d.ood, metavar='DATASET[:CLASSES]',
+                 help='out-of-distribution detection against the test split of DATASET '
+                 '(classes CLASSES, e.g. digits:0,1,2,3,4)')
+  p.add_argument('--no-calibration', dest='calibration', action='store_false',
+                 help='skip the reliability diagrams and temperature scaling')
   p.add_argument('--no-basin', dest='basin', action='store_false')
   p.add_argument('--compare-only', action='store_true',
                  help='only the comparison table of the runs (from their summary.json)')

@@ -355,3 +355,66 @@ def export_torch(ckpt, out_file, *, force: bool = False) -> Dict[str, Any]:
     if os.path.exists(tmp):
       os.unlink(tmp)
   return {**describe(variables), 'sha256': sha256(out)}
+
+
+def export_members(workdir, out_dir, *, force: bool = False) -> Dict[str, Any]:
+  """Every member of a run -> OUT_DIR/member_<i>.pt (as export_torch) plus a README.md.
+
+  Written into a temporary dir and renamed, so OUT_DIR is complete or absent. Returns
+  {'files': [file names], 'architecture', 'num_classes', 'width'}.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  work, out = Path(workdir), Path(out_dir).absolute()
+  _check_absent(out, force)
+  if not work.is_dir():
+    raise FileNotFoundError(f'work dir {work} does not exist')
+  ids = sorted(int(d.name) for d in (work / 'members').glob('*')
+               if d.name.isdigit() and (d / 'checkpoint').is_dir())
+  if not ids:
+    raise ValueError(f'{work} holds no member checkpoint (members/<i>/checkpoint); train it '
+                     'first')
+  read = lambda name: (json.loads((work / name).read_text()) if (work / name).is_file() else {})
+  info, config, summary = read('run_info.json'), read('config.json'), read('summary.json')
+  accs = {m['member']: m.get('test_acc') for m in summary.get('members', [])}
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = _tmp_name(out)
+  tmp.mkdir()
+  try:
+    rows, desc = [], {}
+    for k, i in enumerate(ids):
+      _, variables = load_pretrained(work / 'members' / str(i) / 'checkpoint')
+      desc = describe(variables)
+      name = f'member_{i}.pt'
+      torch.save({'model_state': flax_to_torch(variables)}, tmp / name)
+      acc = accs.get(k + 1) if len(accs) == len(ids) else None
+      rows.append(f"| `{name}` | {i} | {'n/a' if acc is None else f'{100 * acc:.2f}'} | "
+                  f'`{sha256(tmp / name)[:16]}` |')
+    subset = list(config.get('class_subset') or [])
+    classes = (f"output k is label class_subset[k] of {config.get('dataset', '?')}: "
+               f"{subset}" if subset else f"output k is label k of {config.get('dataset', '?')}")
+    size = config.get('image_size', '?')
+    readme = [
+        f"# Members of {info.get('name') or config.get('name') or work.name}", '',
+        f'Exported from the work dir `{work.absolute()}` by `python convert_byol.py --to-torch '
+        '--all-members`. Each file is a torch checkpoint `{\'model_state\': state dict}` of a '
+        f"torchvision-layout {desc['architecture']} (width {desc['width']}, "
+        f"{desc['num_classes']} classes; {classes}).", '',
+        '| file | member | test acc (%) | sha256 (first 16) |', '|---|---|---|---|', *rows, '',
+        'The ensemble predicts the mean of the members\' softmax probabilities. Inputs: RGB '
+        f"images through the run's eval transform ({config.get('transform_name', '?')}, "
+        f'{size} x {size} px), scaled to [0, 1] and normalised with the ImageNet mean '
+        '(0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225). Load one member with',
+        '', '    import torch, torchvision',
+        f"    model = torchvision.models.{desc['architecture'].lower()}"
+        f"(num_classes={desc['num_classes']})",
+        "    model.load_state_dict(torch.load('member_1.pt')['model_state'])", '',
+        '(torchvision builds width 64 only; another width needs a ResNet with that base width). '
+        f"`config.json` is the run's config.", '']
+    (tmp / 'README.md').write_text('\n'.join(readme))
+    if (work / 'config.json').is_file():
+      shutil.copyfile(work / 'config.json', tmp / 'config.json')
+    _atomic_install(tmp, out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  extra = ['config.json'] if (work / 'config.json').is_file() else []
+  return {'files': [f'member_{i}.pt' for i in ids] + extra + ['README.md'], **desc}

@@ -11,7 +11,9 @@ Order of work (each model's forward passes happen once per purpose):
   4. the uniform soup with BN statistics recomputed on training data;
   5. loss / accuracy along lines (member pairs, pre-trained -> member) and on the plane
      through members 1..3, BN statistics recomputed at every point;
-  6. the learning-rate schedule; PNG plots, CSV / JSON tables and report.md.
+  6. the learning-rate schedule; PNG plots, CSV / JSON tables and report.md;
+  7. calibration (reliability diagrams, temperature scaling; calibration.py) and, with
+     Options.ood, out-of-distribution detection (ood.py), all members in one vmapped pass.
 A pre-trained head with another number of classes than the members' is compared only where
 comparable: features and backbone weights; its interpolation end point gets the member's head.
 """
@@ -28,6 +30,7 @@ from tqdm import tqdm
 
 from enstransfer_jax import checkpoints, metrics, models, schedules
 from enstransfer_jax.analysis import basin, outputs, similarity, soup, weights
+from enstransfer_jax.analysis import calibration, evaluate, ood
 from enstransfer_jax.analysis.evaluate import Evaluator
 from enstransfer_jax.data import batches, datasets
 
@@ -47,6 +50,8 @@ class Options:
   eval_examples: int = 0  # test images scored along lines and on the plane; 0 = all
   # (both drawn once with seed 0 when smaller than the split: pipeline.sample_indices)
   soup: bool = True
+  calibration: bool = True  # reliability diagrams, temperature scaling (calibration.py)
+  ood: str = ''  # 'DATASET[:CLASSES]': out-of-distribution detection against it (ood.py)
   basin: bool = True
   progress: bool = True
 
@@ -260,6 +265,20 @@ def basin_results(ev, member_vars, pres, data, opts, score):
           'bn_examples': len(bn_images), 'eval_examples': len(y)}
 
 
+def uncertainty_sections(res, config, probs, labels, ev, member_vars, opts, out):
+  """Calibration and OOD detection (calibration.py, ood.py) into res; their files into out."""
+  stacked = evaluate.stack([_vars(v) for v in member_vars])
+  member_probs = lambda images: ev.member_probs(stacked, images)
+  files = {}
+  if opts.calibration:
+    res['calibration'] = calibration.run_calibration(config, probs, labels, member_probs)
+    files.update(calibration.write_files(res['calibration'], out))
+  if opts.ood:
+    res['ood'] = ood.run_ood(config, probs, member_probs, opts.ood)
+    files.update(ood.write_files(res['ood'], out))
+  res['uncertainty_files'] = files
+
+
 def analyze_run(workdir, out, opts):
   """Writes the analysis of one work dir into `out`; returns the results dict."""
   opts.check()
@@ -288,6 +307,7 @@ def analyze_run(workdir, out, opts):
                  interpolation=config.get('interpolation', 'bilinear'),
                  batch_size=config.get('eval_batch_size', 500), progress=opts.progress)
   pres = load_pretrained_models(info, member_vars, workdir, notes)
+  uncertainty_sections(res, config, probs, labels, ev, member_vars, opts, out)
   subset = data.test_images[:opts.subset]
   res['subset'] = len(subset)
   res['similarity'] = similarity_rows(ev, member_vars, pres, subset, opts)
@@ -312,4 +332,5 @@ def analyze_run(workdir, out, opts):
   except (ValueError, KeyError, AttributeError) as e:
     notes.append(f'Learning-rate schedule not tabulated: {e}')
   res['files'] = outputs.write_outputs(res, out)
+  res['files'].update(res['uncertainty_files'])
   return res

@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from enstransfer_jax.analysis import calibration, ood
+
 from enstransfer_jax.analysis import thesis
 
 
@@ -249,6 +251,9 @@ def write_run_report(path, res, files):
     md += _img(files, 'interpolation.png', 'interpolation curves')
     md += _img(files, 'plane.png', 'plane through members 1..3')
   md += _img(files, 'lr_schedule.png', 'learning-rate schedule')
+  files = {**files, **res.get('uncertainty_files', {})}
+  md += calibration.report_lines(res['calibration'], files) if 'calibration' in res else []
+  md += ood.report_lines(res['ood'], files) if 'ood' in res else []
   md += ['## Files', '', ', '.join(f'[{n}]({n})' for n in sorted(files) if n != 'report.md'), '']
   with open(path, 'w') as f:
     f.write('\n'.join(md))

@@ -1,7 +1,9 @@
-"""Converts a PyTorch (BYOL / torchvision) ResNet checkpoint to a Flax one, or back.
+"""Converts a PyTorch ResNet (BYOL / torchvision) or Swin checkpoint to a Flax one, or back.
 
   python convert_byol.py INPUT.pt OUTPUT_DIR [--arch ResNet50] [--num-classes N]
                          [--seed S] [--force] [--trust-pickle]
+  python convert_byol.py --arch SwinTiny INPUT.pt OUTPUT_DIR [--image-size 224] [--simmim]
+                         [--num-classes N] [--seed S] [--force]
   python convert_byol.py --to-torch FLAX_DIR OUT.pt [--force]
   python convert_byol.py --to-torch --all-members WORK_DIR OUT_DIR [--force]
 
@@ -11,6 +13,11 @@ by default the checkpoint's head is kept and training replaces it. --to-torch
 writes {'model_state': state dict}, the format the PyTorch reference loads;
 with --all-members, every member of a finished run as OUT_DIR/member_<i>.pt, the
 run's config.json and a README.md saying what each file is.
+Swin (Microsoft layout): the state dict under 'model' (supervised) or SimMIM's
+'encoder.'-prefixed one (--simmim is then implied); relative-position tables of
+another window size are resized (bicubic; SimMIM: the SimMIM code's geometric cubic
+spline) to the windows of --image-size (default 224); a SimMIM encoder without a head
+gets a fresh one (--num-classes, default 1000).
 Exit status: 0 ok, 2 usage error or existing output (nothing touched), 1 other errors.
 """
 
@@ -25,7 +32,12 @@ def main(argv=None) -> int:
   parser.add_argument('--to-torch', action='store_true', help='convert Flax -> torch')
   parser.add_argument('--all-members', action='store_true',
                       help='with --to-torch: every member of the run in work dir INPUT')
-  parser.add_argument('--arch', default=None, help='ResNet18 | ResNet34 | ResNet50')
+  parser.add_argument('--arch', default=None,
+                      help='ResNet18 | ResNet34 | ResNet50 | SwinTiny | SwinNano')
+  parser.add_argument('--image-size', type=int, default=None,
+                      help='Swin only: the input size the model will run at')
+  parser.add_argument('--simmim', action='store_true', default=None,
+                      help='Swin only: a SimMIM checkpoint (implied by encoder. keys)')
   parser.add_argument('--num-classes', type=int, default=None)
   parser.add_argument('--seed', type=int, default=0, help='seed of a replaced head')
   parser.add_argument('--force', action='store_true', help='replace an existing output')
@@ -50,7 +62,8 @@ def main(argv=None) -> int:
     else:
       meta = checkpoints.convert_file(
           args.input, args.output, arch=args.arch, num_classes=args.num_classes,
-          seed=args.seed, force=args.force, trust_pickle=args.trust_pickle)
+          seed=args.seed, force=args.force, trust_pickle=args.trust_pickle,
+          image_size=args.image_size, simmim=args.simmim)
       head = ' (new head)' if meta.get('head_replaced') else ''
       print(f'wrote {args.output}: {meta["architecture"]} (width {meta["width"]}), '
             f'{meta["num_params"]:,} params, {meta["num_classes"]} classes{head}, '

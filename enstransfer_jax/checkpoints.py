@@ -17,6 +17,10 @@ A converted checkpoint is a directory: `variables/` (orbax PyTree checkpoint of
 num_params, source file name and sha256). It is written into OUT.tmp-xxxx and
 renamed, so a failure leaves nothing half-written. Torch is imported only inside
 the functions that read or write torch files.
+
+Swin checkpoints (Microsoft layout, supervised or SimMIM) take the same paths: the
+functions below hand them to enstransfer_jax/swin_checkpoints.py (its own name map;
+'batch_stats' is an empty dict, metadata adds image_size and window_size).
 """
 
 import hashlib
@@ -33,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from enstransfer_jax import models
+from enstransfer_jax import swin_checkpoints
 from enstransfer_jax.models import resnet
 
 _LEAVES = {  # (collection, flax leaf) -> torch suffix
@@ -89,8 +95,14 @@ def infer_arch(keys) -> str:
                    f'bottleneck={bottleneck}, first keys {keys[:3]}')
 
 
+def _is_swin(variables) -> bool:
+  return 'patch_embed' in variables.get('params', {})
+
+
 def describe(variables) -> Dict[str, Any]:
-  """architecture, num_classes, width and num_params of ResNet variables."""
+  """architecture, num_classes, width and num_params of ResNet (or Swin) variables."""
+  if _is_swin(variables):
+    return swin_checkpoints.describe(variables)
   params = variables['params']
   return {
       'architecture': infer_arch('.'.join(p) for p in
@@ -154,6 +166,8 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str,
 def flax_to_torch(variables) -> Dict[str, Any]:
   """{'params', 'batch_stats'} -> torchvision-layout state dict of torch tensors."""
   import torch  # pylint: disable=g-import-not-at-top
+  if _is_swin(variables):
+    return swin_checkpoints.flax_to_torch(variables)
   for col in ('params', 'batch_stats'):
     if col not in variables:
       raise ValueError(f'variables lack {col!r}; expected {{"params", "batch_stats"}}')
@@ -253,13 +267,18 @@ def save_converted(out_dir, variables, metadata: Optional[Mapping[str, Any]] = N
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   out = Path(out_dir).absolute()
   _check_absent(out, force)
+  is_swin = _is_swin(variables)
   tree = {c: jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32),
-                                    traverse_util.unflatten_dict(
-                                        traverse_util.flatten_dict(dict(variables[c]))))
+                                    traverse_util.unflatten_dict(traverse_util.flatten_dict(
+                                        dict(variables.get(c, {}) if is_swin else variables[c]))))
           for c in ('params', 'batch_stats')}
-  meta = {'format': 'enstransfer_jax.resnet/1', **describe(tree)}
+  if is_swin:
+    meta = {'format': swin_checkpoints.FORMAT, **swin_checkpoints.describe(
+        tree, dict(metadata or {}).get('image_size'))}
+  else:
+    meta = {'format': 'enstransfer_jax.resnet/1', **describe(tree)}
   for k, v in dict(metadata or {}).items():
-    if k == 'architecture' and resnet.canonical_name(v) != meta[k]:
+    if k == 'architecture' and models.canonical_name(v) != meta[k]:
       raise ValueError(f'metadata says {v} but the variables are a {meta[k]}')
     meta.setdefault(k, v)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -308,14 +327,19 @@ def load_pretrained(path, arch: Optional[str] = None, *,
     raise FileNotFoundError(f'no pre-trained checkpoint at {p}; {_HOW_TO}')
   if not p.is_dir():
     sd = read_torch_checkpoint(p, trust_pickle=trust_pickle)
+    if _swin_input(sd, arch):
+      name = models.canonical_name(arch) if arch else swin_checkpoints.infer_arch(sd)
+      return name, swin_checkpoints.torch_to_flax(sd, name, numpy_fn=_numpy)[0]
     name = resnet.canonical_name(arch) if arch else infer_arch(sd)
     return name, torch_to_flax(sd, name)
   meta = read_metadata(p)
-  name = resnet.canonical_name(meta.get('architecture', '?'))
-  if arch and resnet.canonical_name(arch) != name:
+  name = models.canonical_name(meta.get('architecture', '?'))
+  if arch and models.canonical_name(arch) != name:
     raise ValueError(f'{p} holds a {name}, not the requested {arch}')
   try:
     tree = _checkpointer().restore((p / 'variables').absolute())
+    if models.is_swin(name):  # Swin has no batch statistics (an empty dict)
+      return name, {'params': tree['params'], 'batch_stats': tree.get('batch_stats') or {}}
     return name, {'params': tree['params'], 'batch_stats': tree['batch_stats']}
   except Exception as e:  # pylint: disable=broad-except
     reason = (str(e).strip().splitlines() or [''])[0][:160]
@@ -323,12 +347,39 @@ def load_pretrained(path, arch: Optional[str] = None, *,
                      'or train it again') from None
 
 
+def _swin_input(sd, arch) -> bool:
+  """Whether a torch state dict goes the Swin way: --arch names a Swin, or no --arch and
+  Swin keys."""
+  return models.is_swin(arch) if arch else swin_checkpoints.looks_like_swin(sd)
+
+
 def convert_file(in_path, out_dir, *, arch: Optional[str] = None,
                  num_classes: Optional[int] = None, seed: int = 0,
-                 force: bool = False, trust_pickle: bool = False) -> Dict[str, Any]:
-  """torch .pt -> converted directory (what convert_byol.py runs); returns the metadata."""
+                 force: bool = False, trust_pickle: bool = False,
+                 image_size: Optional[int] = None,
+                 simmim: Optional[bool] = None) -> Dict[str, Any]:
+  """torch .pt -> converted directory (what convert_byol.py runs); returns the metadata.
+
+  image_size and simmim apply to Swin only: the target input size (default the
+  architecture's; relative-position tables are resized to its windows) and whether the
+  checkpoint is SimMIM's (default: whether its keys carry 'encoder.').
+  """
   _check_absent(Path(out_dir).absolute(), force)
   sd = read_torch_checkpoint(in_path, trust_pickle=trust_pickle)
+  if _swin_input(sd, arch):
+    name = models.canonical_name(arch) if arch else swin_checkpoints.infer_arch(sd)
+    variables, info = swin_checkpoints.torch_to_flax(
+        sd, name, num_classes, rng=jax.random.PRNGKey(seed), image_size=image_size,
+        simmim=simmim, numpy_fn=_numpy)
+    meta = {'source': Path(in_path).name, 'source_sha256': sha256(in_path),
+            'head_replaced': info['head_replaced'], 'image_size': info['image_size'],
+            'simmim': info['simmim'], 'tables_resized': len(info['resized'])}
+    if meta['head_replaced']:
+      meta['head_seed'] = seed
+    return save_converted(out_dir, variables, meta, force=force)
+  if image_size is not None or simmim:
+    raise ValueError('--image-size and --simmim apply to Swin checkpoints only; drop them '
+                     'for a ResNet')
   name = resnet.canonical_name(arch) if arch else infer_arch(sd)
   variables = torch_to_flax(sd, name, num_classes, rng=jax.random.PRNGKey(seed))
   src_classes = _numpy(sd['fc.bias']).shape[0]
@@ -345,7 +396,11 @@ def export_torch(ckpt, out_file, *, force: bool = False) -> Dict[str, Any]:
   out = Path(out_file).absolute()
   _check_absent(out, force)
   _, variables = load_pretrained(ckpt)
-  sd = flax_to_torch(variables)
+  if _is_swin(variables):  # its attention masks depend on the image size it was made for
+    size = read_metadata(ckpt).get('image_size') if Path(ckpt).is_dir() else None
+    sd = swin_checkpoints.flax_to_torch(variables, size)
+  else:
+    sd = flax_to_torch(variables)
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = _tmp_name(out)
   try:
@@ -354,7 +409,9 @@ def export_torch(ckpt, out_file, *, force: bool = False) -> Dict[str, Any]:
   finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
-  return {**describe(variables), 'sha256': sha256(out)}
+  info = (swin_checkpoints.describe(variables, size) if _is_swin(variables)
+          else describe(variables))
+  return {**info, 'sha256': sha256(out)}
 
 
 def export_members(workdir, out_dir, *, force: bool = False) -> Dict[str, Any]:

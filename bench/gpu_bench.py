@@ -14,6 +14,8 @@ Rows; images/s is the median over the timed steps (after warm-up, each step bloc
   e       row b plus the RTD loss of configs/sse_rtd.py (fmap_betas=(0,0,0,0,0.0316), pooled map)
           against the members' start variables (aux={'reg': ...}, as in an SSE/StarSSE cycle);
           the added ms/step over row b is a ratio below (giotto-ph runs on the host, 1 thread)
+  g       row b plus the RTD-Lite loss of configs/sse_rtd_lite.py (its fmap_betas, pooled map),
+          computed on the device; the added ms/step over row b is a ratio below
   f       the PyTorch reference step: torchvision resnet50(num_classes=100), fp32, SGD(lr 0.05,
           momentum 0.9, wd 1e-4), CrossEntropyLoss, model.train(), the grad norm its NoOpScaler
           takes, batch 256 at 224 px already on the device: the reference's data loading and
@@ -53,9 +55,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _T0 = float(os.environ.get('GPU_BENCH_T0', time.time()))  # the parent's start
 _MARK = '@@ '
-JAX_ROWS = ('c', 'b', 'a', 'd', 'e')  # run order: cheap first, memory mostly increasing
+JAX_ROWS = ('c', 'b', 'a', 'd', 'e', 'g')  # run order: cheap first, memory mostly increasing
 TORCH_ROWS = ('f', 'f-bf16')
-ALL_ROWS = ('a', 'b', 'c', 'd', 'e', 'f', 'f-bf16')
+ALL_ROWS = ('a', 'b', 'c', 'd', 'e', 'g', 'f', 'f-bf16')
 RTD_BETAS = (0.0, 0.0, 0.0, 0.0, 0.0316)  # configs/sse_rtd.py
 CIFAR_PX = 32
 NUM_CLASSES = 100
@@ -256,6 +258,9 @@ def run_jax(args, rows):
   s, k = sizes(args), args.members
   px = f'{s["arch"]} batch {s["batch"]}, aug {CIFAR_PX}->{s["image_size"]} px in the step'
   rtd = step_lib.Terms(fmap_betas=RTD_BETAS, fmap_loss_type='RTDLoss', rtd_dim=1, rtd_card=50)
+  from configs import sse_rtd_lite  # pylint: disable=g-import-not-at-top
+  lite_betas = tuple(sse_rtd_lite.get_config().fmap_betas)
+  lite = step_lib.Terms(fmap_betas=lite_betas, fmap_loss_type='RTDLiteLoss')
   steps = (args.warmup, args.steps)
   plan = {
       'a': (f'JAX {px}, fp32, K=1', lambda: _prepare_train('a', s, 'float32', 1, None, *steps)),
@@ -266,6 +271,8 @@ def run_jax(args, rows):
             lambda: _prepare_train('d', s, 'bfloat16', k, None, *steps)),
       'e': ('JAX row b + RTD beta 0.0316 on the pooled map',
             lambda: _prepare_train('e', s, 'bfloat16', 1, rtd, args.rtd_warmup, args.rtd_steps)),
+      'g': (f'JAX row b + RTD-Lite beta {lite_betas[-1]:g} on the pooled map',
+            lambda: _prepare_train('g', s, 'bfloat16', 1, lite, *steps)),
   }
   order = [r for r in JAX_ROWS if r in rows]
   lowered, finish, failed = {}, {}, {}
@@ -389,6 +396,7 @@ def _ratio(rows, num, den):
 
 def ratios(rows):
   e, b = rows.get('e', {}).get('ms_per_step'), rows.get('b', {}).get('ms_per_step')
+  g = rows.get('g', {}).get('ms_per_step')
   return {
       'jax_bf16_over_torch_fp32': _ratio(rows, 'b', 'f'),
       'jax_fp32_over_torch_fp32': _ratio(rows, 'a', 'f'),
@@ -397,6 +405,7 @@ def ratios(rows):
       'augmentation_over_training_fp32': _ratio(rows, 'c', 'a'),
       'k_parallel_over_sequential': _ratio(rows, 'd', 'b'),
       'rtd_added_ms_per_step': e - b if e and b else None,
+      'rtd_lite_added_ms_per_step': g - b if g and b else None,
   }
 
 

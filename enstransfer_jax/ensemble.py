@@ -136,17 +136,17 @@ class Ensemble:
     if missing or not ids or len(set(ids)) != len(ids):
       raise ValueError(f'members {list(ids)}: choose distinct ids among those of {workdir}: '
                        f"{','.join(map(str, found))}")
-    arch, variables = None, []
+    arch, variables, desc = None, [], {}
     for m in ids:
       arch, v = checkpoints.load_pretrained(os.path.join(mdir, str(m), 'checkpoint'))
       variables.append({'params': v['params'], 'batch_stats': v['batch_stats']})
-      classes = int(np.shape(v['params']['fc']['bias'])[0])
-      if classes != int(info['num_classes']):
-        raise ValueError(f"member {m} has {classes} outputs but run_info.json says "
-                         f"{info['num_classes']} classes; the work dir is inconsistent")
+      desc = checkpoints.describe(variables[-1])  # ResNet or Swin
+      if desc['num_classes'] != int(info['num_classes']):
+        raise ValueError(f"member {m} has {desc['num_classes']} outputs but run_info.json "
+                         f"says {info['num_classes']} classes; the work dir is inconsistent")
     dtype = jnp.bfloat16 if config.get('dtype', 'float32') == 'bfloat16' else jnp.float32
-    width = int(np.shape(variables[0]['params']['conv1']['kernel'])[-1])
-    model = models.create_model(arch, int(info['num_classes']), width=width, dtype=dtype)
+    model = models.create_model(arch, int(info['num_classes']), width=int(desc['width']),
+                                dtype=dtype, image_size=int(config.image_size))
     ev = evaluate.Evaluator(model, transform=config.transform_name,
                             image_size=int(config.image_size),
                             interpolation=config.get('interpolation', 'bilinear'),

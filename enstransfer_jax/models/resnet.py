@@ -35,7 +35,7 @@ from enstransfer_jax.models.batchnorm import BatchNorm
 # reference's freeze_layers use these names.
 MODULE_NAMES = ('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3',
                 'layer4', 'fc')
-_BN_MODULES = ('bn1', 'layer1', 'layer2', 'layer3', 'layer4')
+BN_MODULES = ('bn1', 'layer1', 'layer2', 'layer3', 'layer4')  # modules holding BatchNorms
 
 # name -> (block type, blocks per stage)
 ARCHS = {
@@ -80,9 +80,9 @@ class Downsample(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, frozen):
+  def __call__(self, x, frozen, mask=None):
     x = _conv(self.features, 1, self.stride, 0, self.dtype, '0')(x)
-    return BatchNorm(dtype=self.dtype, name='1')(x, frozen)
+    return BatchNorm(dtype=self.dtype, name='1')(x, frozen, mask)
 
 
 class BasicBlock(nn.Module):
@@ -93,13 +93,13 @@ class BasicBlock(nn.Module):
   expansion = 1
 
   @nn.compact
-  def __call__(self, x, frozen):
+  def __call__(self, x, frozen, mask=None):
     out = _conv(self.planes, 3, self.stride, 1, self.dtype, 'conv1')(x)
-    out = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(out, frozen))
+    out = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(out, frozen, mask))
     out = _conv(self.planes, 3, 1, 1, self.dtype, 'conv2')(out)
-    out = BatchNorm(dtype=self.dtype, name='bn2')(out, frozen)
+    out = BatchNorm(dtype=self.dtype, name='bn2')(out, frozen, mask)
     if self.stride != 1 or x.shape[-1] != self.planes:
-      x = Downsample(self.planes, self.stride, self.dtype, name='downsample')(x, frozen)
+      x = Downsample(self.planes, self.stride, self.dtype, name='downsample')(x, frozen, mask)
     return nn.relu(out + x)
 
 
@@ -111,16 +111,16 @@ class Bottleneck(nn.Module):
   expansion = 4
 
   @nn.compact
-  def __call__(self, x, frozen):
+  def __call__(self, x, frozen, mask=None):
     out_features = self.planes * self.expansion
     out = _conv(self.planes, 1, 1, 0, self.dtype, 'conv1')(x)
-    out = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(out, frozen))
+    out = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(out, frozen, mask))
     out = _conv(self.planes, 3, self.stride, 1, self.dtype, 'conv2')(out)
-    out = nn.relu(BatchNorm(dtype=self.dtype, name='bn2')(out, frozen))
+    out = nn.relu(BatchNorm(dtype=self.dtype, name='bn2')(out, frozen, mask))
     out = _conv(out_features, 1, 1, 0, self.dtype, 'conv3')(out)
-    out = BatchNorm(dtype=self.dtype, name='bn3')(out, frozen)
+    out = BatchNorm(dtype=self.dtype, name='bn3')(out, frozen, mask)
     if self.stride != 1 or x.shape[-1] != out_features:
-      x = Downsample(out_features, self.stride, self.dtype, name='downsample')(x, frozen)
+      x = Downsample(out_features, self.stride, self.dtype, name='downsample')(x, frozen, mask)
     return nn.relu(out + x)
 
 
@@ -133,11 +133,11 @@ class ResLayer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, frozen):
+  def __call__(self, x, frozen, mask=None):
     block_cls = BasicBlock if self.block == 'basic' else Bottleneck
     for i in range(self.num_blocks):
       stride = self.stride if i == 0 else 1
-      x = block_cls(self.planes, stride, self.dtype, name=str(i))(x, frozen)
+      x = block_cls(self.planes, stride, self.dtype, name=str(i))(x, frozen, mask)
     return x
 
 
@@ -153,13 +153,15 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False,
                stop_gradient_after: Optional[str] = None,
-               frozen_bn: Tuple[str, ...] = ()):
+               frozen_bn: Tuple[str, ...] = (), mask=None):
     """Returns (logits, (layer1, layer2, layer3, layer4, pooled)), all float32.
 
     stop_gradient_after: apply lax.stop_gradient to that module's output, so no
       gradient reaches the parameters below it (static; one of MODULE_NAMES).
     frozen_bn: module names whose BatchNorms use running averages (and do not
       update them) even when train=True (static; names without a BN are no-ops).
+    mask: optional float [N], 1 for real samples and 0 for padding: train-mode BatchNorm
+      statistics then cover the real samples only (see batchnorm.py).
     """
     _check_call(x, stop_gradient_after, frozen_bn)
     frozen = lambda name: (not train) or (name in frozen_bn)
@@ -169,7 +171,7 @@ class ResNet(nn.Module):
 
     x = x.astype(self.dtype)
     x = cut('conv1', _conv(self.width, 7, 2, 3, self.dtype, 'conv1')(x))
-    x = cut('bn1', BatchNorm(dtype=self.dtype, name='bn1')(x, frozen('bn1')))
+    x = cut('bn1', BatchNorm(dtype=self.dtype, name='bn1')(x, frozen('bn1'), mask))
     x = cut('relu', nn.relu(x))
     x = cut('maxpool', nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))))
     features = []
@@ -177,7 +179,7 @@ class ResNet(nn.Module):
       name = f'layer{i + 1}'
       layer = ResLayer(self.block, self.width * 2**i, size, 1 if i == 0 else 2,
                        self.dtype, name=name)
-      x = cut(name, layer(x, frozen(name)))
+      x = cut(name, layer(x, frozen(name), mask))
       features.append(x.astype(jnp.float32))
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     features.append(pooled)

@@ -23,12 +23,12 @@ def main(argv):
   if _CONFIG.value is None:
     raise app.UsageError('pass --config configs/<experiment>.py')
   logging.set_verbosity(logging.ERROR)  # orbax and TFDS log every file they touch
-  from enstransfer_jax import train  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import run_experiment  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.errors import user_errors  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training import mesh  # pylint: disable=g-import-not-at-top
   mesh.initialize_distributed()  # several processes (SLURM / JAX_COORDINATOR_ADDRESS) only
   with user_errors():
-    summary = train.run(_CONFIG.value, _WORKDIR.value)
+    summary = run_experiment(_CONFIG.value, _WORKDIR.value)
     if _ANALYZE.value:
       from enstransfer_jax import analyze  # pylint: disable=g-import-not-at-top
       analyze.analyze_runs([summary['workdir']])

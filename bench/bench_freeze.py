@@ -46,30 +46,28 @@ def main():
   model = models.create_model(args.arch, 100, width=args.width)
   variables = models.init_variables(model, jax.random.PRNGKey(0), image_size=args.size)
   rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (1, args.batch, args.size, args.size, 3), dtype=np.uint8)
-  labels = rng.integers(0, 100, (1, args.batch)).astype(np.int32)
-  one = np.ones((1,), np.int32)
+  batch = {'images': rng.integers(0, 256, (1, args.batch, args.size, args.size, 3),
+                                  dtype=np.uint8),
+           'labels': rng.integers(0, 100, (1, args.batch)).astype(np.int32),
+           'mask': np.ones((1, args.batch), np.float32), 'new_epoch': np.zeros(1, bool)}
+  schedule = {'lr': np.full(1 << 10, 0.05, np.float32),
+              'momentum': np.full(1 << 10, 0.9, np.float32)}
+  stacked = jax.tree_util.tree_map(lambda x: np.asarray(x)[None], variables)
   steps = {}
   for name, frozen in VARIANTS.items():
-    mask = {k: jax.tree_util.tree_map(lambda _, k=k: k not in frozen, v)
-            for k, v in variables['params'].items()}
-    tx = optim.create_optimizer(config, mask)
-    params = jax.tree_util.tree_map(lambda x: x[None], variables['params'])
-    state = step_lib.TrainState(params, jax.tree_util.tree_map(lambda x: x[None],
-                                                               variables['batch_stats']),
-                                jax.vmap(tx.init)(params))
+    tx = optim.create_optimizer(config, {k: k not in frozen for k in variables['params']})
     terms = step_lib.Terms(stop_gradient_after=config_check.frozen_prefix(frozen))
+    state = step_lib.make_init_state(tx, terms)(stacked, np.zeros(1, np.int32),
+                                                np.ones(1, np.int32), schedule)
     fn = step_lib.make_train_step(model, tx, config, terms)
-    state, _ = fn(state, images, labels, one, one, np.full(1, 0.05, np.float32),
-                  np.full(1, 0.9, np.float32), {})
+    state, _ = fn(state, batch, {})
     jax.block_until_ready(state)
     steps[name] = (fn, state)
   times = {name: [] for name in VARIANTS}
   for _ in range(args.steps):  # interleaved, so machine noise hits every variant alike
     for name, (fn, state) in steps.items():
       start = time.perf_counter()
-      state, _ = fn(state, images, labels, one, one, np.full(1, 0.05, np.float32),
-                    np.full(1, 0.9, np.float32), {})
+      state, _ = fn(state, batch, {})
       jax.block_until_ready(state)
       times[name].append(time.perf_counter() - start)
       steps[name] = (fn, state)

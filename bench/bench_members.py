@@ -2,8 +2,8 @@
 
   python bench/bench_members.py [--members 4] [--batch 64] [--width 16] [--warmup 2] [--steps 5]
 
-Both modes run the engine's own step (enstransfer_jax/training/step.py, built as loop.py builds
-a stage, through bench/gpu_bench.py's build_engine) on ResNet18 width 16, uint8 32x32 images,
+Both modes run the engine's own step (enstransfer_jax/training/step.py, built as training/stage.py
+builds a stage, through bench/gpu_bench.py's build_engine) on ResNet18 width 16, uint8 32x32 images,
 the 'cifar' transform (pad 4, crop 32, flip) inside the step, float32, batch 64 per member,
 configs/starsse.py otherwise:
   parallel    one jitted K-member step per round (jax.vmap over the member axis, as

@@ -77,7 +77,7 @@ def sizes(args):
   return dict(arch='ResNet50', width=64, image_size=224, batch=args.batch or 256)
 
 
-# ----- the JAX engine, as loop.py builds a stage (shared with bench_members.py) -----
+# ----- the JAX engine, as training/stage.py builds a stage (shared with bench_members.py) -----
 
 def engine_config(arch, width, image_size, batch, transform='imagenet', dtype='float32'):
   """configs/starsse.py with the model and input sizes of the benchmark."""
@@ -96,7 +96,8 @@ def build_engine(config, k, terms=None, seed=0):
   """(lowered step, state, run) for k members started from one random init.
 
   run(fn, state, i) -> (state, metrics) calls fn (the compiled step) on fixed uint8 CIFAR-like
-  images with member_steps = i; the regulariser variables (RTD) are the members' start variables.
+  images (the state's step counter gives each step its own augmentation); the regulariser
+  variables (RTD) are the members' start variables. Constant lr and momentum.
   """
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
@@ -116,21 +117,23 @@ def build_engine(config, k, terms=None, seed=0):
   variables = _START[key]
   stack = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * k), tree)
   tx = optim.create_optimizer(config)
-  params = stack(variables['params'])
-  state = step_lib.TrainState(params, stack(variables['batch_stats']), jax.vmap(tx.init)(params))
+  steps = 1 << 16  # constant schedules, long enough for any row
+  schedule = {'lr': np.full(steps, config.lr, np.float32),
+              'momentum': np.full(steps, config.momentum, np.float32)}
+  state = step_lib.make_init_state(tx, terms)(
+      stack(variables), np.zeros(k, np.int32), np.arange(1, k + 1, dtype=np.int32), schedule)
   rng = np.random.default_rng(seed)
   shape = (k, config.batch_size, CIFAR_PX, CIFAR_PX, 3)
-  images = jax.device_put(rng.integers(0, 256, shape, dtype=np.uint8))
-  labels = jax.device_put(rng.integers(0, NUM_CLASSES, shape[:2]).astype(np.int32))
-  ids = jnp.arange(1, k + 1, dtype=jnp.int32)
-  lrs = jnp.full((k,), config.lr, jnp.float32)
-  moms = jnp.full((k,), config.momentum, jnp.float32)
+  batch = {'images': jax.device_put(rng.integers(0, 256, shape, dtype=np.uint8)),
+           'labels': jax.device_put(rng.integers(0, NUM_CLASSES, shape[:2]).astype(np.int32)),
+           'mask': jnp.ones(shape[:2], jnp.float32), 'new_epoch': jnp.zeros((k,), bool)}
   aux = {'reg': variables} if terms.fmap_betas else {}
   train_step = step_lib.make_train_step(model, tx, config, terms)
-  lowered = train_step.lower(state, images, labels, ids, ids * 0, lrs, moms, aux)
+  lowered = train_step.lower(state, batch, aux)
 
   def run(fn, state, i):
-    return fn(state, images, labels, ids, jnp.full((k,), i, jnp.int32), lrs, moms, aux)
+    del i  # the state's own step counter moves on
+    return fn(state, batch, aux)
   return lowered, state, run
 
 

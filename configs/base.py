@@ -24,6 +24,7 @@ def get_config():
   # Model, dataset and augmentation.
   c.model = 'ImageNetResNet50'
   c.width = 64  # base width of the ResNet (64 = torchvision); small values for tests
+  c.init_scheme = 'torch'  # from scratch (ckpt=''): torch's layer defaults (the reference) | torchvision
   c.dataset = 'cifar100'
   c.data_dir = ''  # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets)
   c.class_subset = ()  # keep only these labels (remapped to 0..k-1); () = all
@@ -43,15 +44,15 @@ def get_config():
   c.momentum = 0.9
   c.nesterov = False
   c.scheduler = 'cosine'
-  c.warmup_lr = 0.05
+  c.warmup_lr = c.get_ref('lr')  # follows lr unless set, as in the reference
   c.warmup_epochs = 0
   c.eta_min = 0.0
-  c.grad_accum_steps = 1
+  c.grad_accum_steps = 1  # micro-batches per step (same update, less memory)
 
   # Ensembles: SSE / StarSSE (num_fge members from one run), Local / Global DE.
   c.ensemble = 'sse'  # sse | local_de | global_de
   c.num_fge = 1
-  c.fge_epochs = 0
+  c.fge_epochs = 0  # 0 = epochs (the reference's None)
   c.fge_lr = 0.05
   c.fge_warmup_epochs = 0
   c.star_fge = False
@@ -67,7 +68,9 @@ def get_config():
   c.rtd_dim = 1
   c.rtd_card = 50
   c.rtd_lp = 1.0
+  c.rtd_workers = -1  # exact RTD: processes for the filtrations; 0 = serial, -1 = one per filtration up to the cores
   c.wo_beta = 0.0
+  c.wo_gradient = False  # False: the reference (the WO term is logged, without gradient)
   c.prev_ce_beta = 0.0
   c.only_negative = False
   c.freeze_layers = ()
@@ -85,6 +88,7 @@ def get_config():
   c.log_every_steps = 30  # reference: wandb_log_rate
   c.checkpoint_every_steps = 0  # 0 = checkpoint at the end of every epoch
   c.progress = True
+  c.compilation_cache_dir = '~/.cache/enstransfer_jax/xla'  # XLA's persistent cache; '' = off
   c.wandb_mode = 'auto'  # auto (online when logged in, else offline) | online | offline | disabled
   c.wandb_project = 'EnsForTransfer'
   c.wandb_group = 'BYOL_Test'

@@ -1,12 +1,15 @@
 """Quickstart variants of the thesis's methods, on digits, CPU, a few minutes each.
 
 python main.py --config configs/quickstart_methods.py:sse_rtd
-(variants: sse_rtd, sse_mse, starsse_wo, starsse_ce, freeze_starsse)
+(variants: sse_rtd, sse_rtd_lite, sse_mse, starsse_wo, starsse_ce, freeze_starsse)
 """
 
 from configs import quickstart
 
-VARIANTS = ('sse_rtd', 'sse_mse', 'starsse_wo', 'starsse_ce', 'freeze_starsse')
+VARIANTS = ('sse_rtd', 'sse_rtd_lite', 'sse_mse', 'starsse_wo', 'starsse_ce', 'freeze_starsse')
+# RTD-Lite's beta: SSE-RTD's times the ratio RTD / RTD-Lite at this size (configs/sse_rtd_lite.py).
+_BETAS = {'sse_rtd': 0.0316, 'sse_rtd_lite': 0.048, 'sse_mse': 20.0}
+_LOSSES = {'sse_rtd': 'RTDLoss', 'sse_rtd_lite': 'RTDLiteLoss', 'sse_mse': 'MSELoss'}
 
 
 def get_config(variant='sse_rtd'):
@@ -15,11 +18,11 @@ def get_config(variant='sse_rtd'):
   c = quickstart.get_config()
   c.name = f'quickstart_{variant}'
   c.wandb_group = f'Quickstart_{variant}'
-  if variant in ('sse_rtd', 'sse_mse'):
+  if variant in _LOSSES:
     c.star_fge = False
     c.fge_lr = 2 * c.lr
-    c.fmap_loss_type = 'RTDLoss' if variant == 'sse_rtd' else 'MSELoss'
-    c.fmap_betas = (0.0, 0.0, 0.0, 0.0, 0.0316 if variant == 'sse_rtd' else 20.0)
+    c.fmap_loss_type = _LOSSES[variant]
+    c.fmap_betas = (0.0, 0.0, 0.0, 0.0, _BETAS[variant])
   elif variant == 'starsse_wo':
     c.fge_lr = 2 * c.lr
     c.wo_beta = 10.0

@@ -30,13 +30,13 @@ import os
 from pathlib import Path
 import shutil
 from typing import Any, Dict, Mapping, Optional, Tuple
-import uuid
 
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from enstransfer_jax import atomic
 from enstransfer_jax import models
 from enstransfer_jax import swin_checkpoints
 from enstransfer_jax.models import resnet
@@ -244,23 +244,6 @@ def _check_absent(out, force):
     raise FileExistsError(f'{out} already exists; pass --force (force=True) to replace it')
 
 
-def _tmp_name(out: Path) -> Path:
-  return out.with_name(f'{out.name}.tmp-{uuid.uuid4().hex[:8]}')
-
-
-def _atomic_install(tmp: Path, out: Path):
-  """Renames tmp to out, replacing an existing out only once tmp is complete."""
-  old = None
-  if out.exists() or out.is_symlink():
-    old = out.with_name(f'{out.name}.old-{uuid.uuid4().hex[:8]}')
-    os.rename(out, old)
-  os.rename(tmp, out)
-  if old is not None and old.is_dir() and not old.is_symlink():
-    shutil.rmtree(old)
-  elif old is not None:
-    old.unlink()
-
-
 def save_converted(out_dir, variables, metadata: Optional[Mapping[str, Any]] = None,
                    *, force: bool = False) -> Dict[str, Any]:
   """Writes variables (orbax) and metadata.json to out_dir atomically; returns the metadata."""
@@ -282,14 +265,12 @@ def save_converted(out_dir, variables, metadata: Optional[Mapping[str, Any]] = N
       raise ValueError(f'metadata says {v} but the variables are a {meta[k]}')
     meta.setdefault(k, v)
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = _tmp_name(out)
-  tmp.mkdir()
-  try:
+
+  def write(tmp):
+    tmp.mkdir()
     _checkpointer().save(tmp / 'variables', tree)
     (tmp / 'metadata.json').write_text(json.dumps(meta, indent=2, sort_keys=True) + '\n')
-    _atomic_install(tmp, out)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  atomic.write(out, write)
   return meta
 
 
@@ -402,13 +383,7 @@ def export_torch(ckpt, out_file, *, force: bool = False) -> Dict[str, Any]:
   else:
     sd = flax_to_torch(variables)
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = _tmp_name(out)
-  try:
-    torch.save({'model_state': sd}, tmp)
-    os.replace(tmp, out)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+  atomic.write(out, lambda tmp: torch.save({'model_state': sd}, tmp))
   info = (swin_checkpoints.describe(variables, size) if _is_swin(variables)
           else describe(variables))
   return {**info, 'sha256': sha256(out)}
@@ -434,13 +409,14 @@ def export_members(workdir, out_dir, *, force: bool = False) -> Dict[str, Any]:
   info, config, summary = read('run_info.json'), read('config.json'), read('summary.json')
   accs = {m['member']: m.get('test_acc') for m in summary.get('members', [])}
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = _tmp_name(out)
-  tmp.mkdir()
-  try:
-    rows, desc = [], {}
+  desc = {}
+
+  def write(tmp):
+    tmp.mkdir()
+    rows = []
     for k, i in enumerate(ids):
       _, variables = load_pretrained(work / 'members' / str(i) / 'checkpoint')
-      desc = describe(variables)
+      desc.update(describe(variables))
       name = f'member_{i}.pt'
       torch.save({'model_state': flax_to_torch(variables)}, tmp / name)
       acc = accs.get(k + 1) if len(accs) == len(ids) else None
@@ -470,8 +446,6 @@ def export_members(workdir, out_dir, *, force: bool = False) -> Dict[str, Any]:
     (tmp / 'README.md').write_text('\n'.join(readme))
     if (work / 'config.json').is_file():
       shutil.copyfile(work / 'config.json', tmp / 'config.json')
-    _atomic_install(tmp, out)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  atomic.write(out, write)
   extra = ['config.json'] if (work / 'config.json').is_file() else []
   return {'files': [f'member_{i}.pt' for i in ids] + extra + ['README.md'], **desc}

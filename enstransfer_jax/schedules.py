@@ -41,6 +41,7 @@ values to about 1e-7 relative.
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -258,5 +259,18 @@ def create_momentum_fn(config, steps_per_epoch):
 
 def lr_table(config, steps_per_epoch):
   """numpy float32 array of the learning rate at every batch of the run (for plots)."""
-  fn = create_learning_rate_fn(config, steps_per_epoch)
-  return np.asarray(fn(np.arange(total_epochs(config) * int(steps_per_epoch))))
+  return step_tables(config, steps_per_epoch, pad=False)['lr']
+
+
+def step_tables(config, steps_per_epoch, *, pad=True, min_length=0):
+  """{'lr', 'momentum'}: the schedules at every batch of the run, computed by one jitted
+  program. With `pad`, the length is max(steps, min_length) rounded up to a power of two (the
+  last value repeated): the train step reads both at its step counter, and runs whose tables
+  have the same length share one compiled step."""
+  steps = total_epochs(config) * int(steps_per_epoch)
+  length = 1 << (max(steps, min_length, 2) - 1).bit_length() if pad else steps
+  lr_fn = create_learning_rate_fn(config, steps_per_epoch)
+  mom_fn = create_momentum_fn(config, steps_per_epoch)
+  index = np.minimum(np.arange(length), steps - 1).astype(np.int32)
+  lr, mom = jax.jit(lambda s: (lr_fn(s), mom_fn(s)))(index)
+  return {'lr': np.asarray(lr), 'momentum': np.asarray(mom)}

@@ -4,7 +4,10 @@ import contextlib
 
 import jax
 
+import numpy as np
+
 from configs import base
+from enstransfer_jax.training import resume
 from enstransfer_jax.training import step as step_lib
 
 
@@ -27,6 +30,7 @@ def tiny_config(**overrides):
   c.fge_lr = 0.1
   c.valid_freq = 0
   c.progress = False
+  c.compilation_cache_dir = ''  # the tests' own cache (conftest.py)
   c.wandb_mode = 'disabled'
   c.log_every_steps = 1
   for key, value in overrides.items():
@@ -45,13 +49,11 @@ def spy_on_stages(records):
 
   def make(model, tx, config, terms):
     step = real(model, tx, config, terms)
-    seen = {'first': True}
 
     def wrapped(state, *args):
-      if seen['first']:
-        records.append({'state': jax.device_get(state), 'terms': terms,
-                        'member_ids': jax.device_get(args[2])})
-        seen['first'] = False
+      ids = list(jax.device_get(state.member))
+      if not records or records[-1]['member_ids'] != ids:  # the first step of a stage
+        records.append({'state': jax.device_get(state), 'terms': terms, 'member_ids': ids})
       return step(state, *args)
     return wrapped
 
@@ -60,3 +62,27 @@ def spy_on_stages(records):
     yield records
   finally:
     step_lib.make_train_step = real
+
+
+def progress_position(workdir):
+  """The position of a work dir's progress checkpoint, as the engine reads it."""
+  return resume.Progress(workdir).position()
+
+
+def stacked_state(variables, tx, terms, steps, members, config=None, steps_per_epoch=1):
+  """A start TrainState of len(variables) members, as the engine builds a stage's (the
+  schedules of `config`, default a constant lr 0.1 and momentum 0.9)."""
+  from enstransfer_jax import schedules  # pylint: disable=g-import-not-at-top
+  config = config or tiny_config(scheduler='constant', num_fge=1, lr=0.1)
+  table = schedules.step_tables(config, steps_per_epoch)
+  stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                                   *variables)
+  return step_lib.make_init_state(tx, terms)(stacked, np.asarray(steps, np.int32),
+                                             np.asarray(members, np.int32), table)
+
+
+def full_batch(images, labels, new_epoch=False):
+  """A step's batch of [K, B, ...] images and labels without padding."""
+  k, b = labels.shape
+  return {'images': images, 'labels': labels, 'mask': np.ones((k, b), np.float32),
+          'new_epoch': np.full((k,), new_epoch)}

@@ -3,7 +3,7 @@
 The end-to-end test builds a finished work dir by hand: a tiny ResNet-18 (width 4, 16 px
 digits) as the 'pre-trained' model with a 10-class head, and three members fine-tuned in name
 only (pre-trained backbone plus known perturbations, a 5-class head), with their saved
-test probabilities, exactly the files train.run writes.
+test probabilities, exactly the files run_experiment writes.
 """
 
 import csv
@@ -226,7 +226,7 @@ def _perturb(params, scale, seed):
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
-  """A finished 3-member run with a 10-class pre-trained model, written like train.run."""
+  """A finished 3-member run with a 10-class pre-trained model, written like run_experiment."""
   root = tmp_path_factory.mktemp('run')
   config = _config()
   data = datasets.load_dataset(config)

@@ -15,8 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-from enstransfer_jax import checkpoints, train
-from enstransfer_jax.training import train as train_lib
+from enstransfer_jax import checkpoints
+from enstransfer_jax.training import run_experiment
+from enstransfer_jax.training import experiment, resume
 from enstransfer_jax.training import workdir as wd
 from tests import engine_util
 
@@ -35,7 +36,7 @@ def _snapshot(path):
 @pytest.fixture(scope='module')
 def finished(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('finished'))
-  train.run(engine_util.tiny_config(num_fge=2), workdir)
+  run_experiment(engine_util.tiny_config(num_fge=2), workdir)
   return workdir
 
 
@@ -70,7 +71,7 @@ def test_config_error_is_one_line_and_harmless(finished, what, overrides, messag
   del what
   before = _snapshot(finished)
   with pytest.raises((ValueError, FileNotFoundError)) as info:
-    train.run(engine_util.tiny_config(num_fge=2, **overrides), finished)
+    run_experiment(engine_util.tiny_config(num_fge=2, **overrides), finished)
   assert message in str(info.value), str(info.value)
   assert '\n' not in str(info.value)
   assert _snapshot(finished) == before
@@ -81,7 +82,7 @@ def test_checkpoint_of_another_architecture(finished, tmp_path):
   ckpt = os.path.join(finished, 'members', '1', 'checkpoint')
   before = _snapshot(finished)
   with pytest.raises(ValueError, match='holds a ResNet18 but config.model is ResNet50'):
-    train.run(engine_util.tiny_config(model='ResNet50', ckpt=ckpt), str(tmp_path / 'run'))
+    run_experiment(engine_util.tiny_config(model='ResNet50', ckpt=ckpt), str(tmp_path / 'run'))
   assert _snapshot(finished) == before
 
 
@@ -116,12 +117,14 @@ def test_corrupt_member_checkpoint(finished, tmp_path):
 def test_corrupt_progress_file(tmp_path):
   workdir = str(tmp_path / 'run')
   config = engine_util.tiny_config(num_fge=2)
-  train_lib.prepare_workdir(config, workdir)
-  os.makedirs(os.path.join(workdir, 'progress'))
-  open(os.path.join(workdir, 'progress', 'position.json'), 'w').write('{"stage": 1, ')
+  experiment.prepare_workdir(config, workdir)
+  resume.Progress(workdir).save({'x': np.zeros(2)}, stage=1, epoch=0, batch=0, lines=0)
+  position = os.path.join(workdir, 'progress', 'state', '0', 'position', 'metadata')
+  open(position, 'w').write('{"stage": 1, ')
   with pytest.raises(ValueError) as info:
-    train.run(config, workdir)
-  assert 'position.json is corrupt' in str(info.value) and '\n' not in str(info.value)
+    run_experiment(config, workdir)
+  assert 'progress checkpoint' in str(info.value) and 'unreadable' in str(info.value)
+  assert '\n' not in str(info.value)
 
 
 def test_full_disk_while_saving_a_member(tmp_path, monkeypatch):
@@ -136,7 +139,7 @@ def test_full_disk_while_saving_a_member(tmp_path, monkeypatch):
 
   monkeypatch.setattr(np, 'save', save)
   with pytest.raises(OSError) as info:
-    train.run(engine_util.tiny_config(num_fge=2), workdir)
+    run_experiment(engine_util.tiny_config(num_fge=2), workdir)
   assert 'no space left on the device while writing' in info.value.strerror
   assert 'resumes' in info.value.strerror
   # Member 1 is whole; no temporary file is left behind.

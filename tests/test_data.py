@@ -191,8 +191,14 @@ def test_batches_keep_last_partial_batch_like_torch_dataloader(n, batch_size):
   slices = batches.batch_slices(n, batch_size)
   assert [stop - start for start, stop in slices] == [len(b) for b in loader]
   assert batches.num_batches(n, batch_size) == len(loader)
-  images, labels = np.arange(n * 2).reshape(n, 2), np.arange(n)
-  order = batches.epoch_order(0, 0, 0, n)
-  got = list(batches.iterate_batches(images, labels, order, batch_size))
-  np.testing.assert_array_equal(np.concatenate([y for _, y in got]), order)
-  np.testing.assert_array_equal(np.concatenate([x for x, _ in got]), images[order])
+  orders = [batches.epoch_order(0, m, 0, n) for m in (1, 2)]
+  got = [batches.padded_indices(orders, lo, hi, batch_size) for lo, hi in slices]
+  for m, order in enumerate(orders):  # the real rows of the padded batches are the order
+    real = np.concatenate([idx[m][mask[m] == 1] for idx, mask in got])
+    np.testing.assert_array_equal(real, order)
+  for idx, mask in got:
+    assert idx.shape == mask.shape == (2, batch_size)
+  idx, mask = got[-1]
+  n_last = n - (len(slices) - 1) * batch_size
+  np.testing.assert_array_equal(mask[:, n_last:], 0.0)
+  np.testing.assert_array_equal(idx[:, n_last:], np.repeat(idx[:, :1], batch_size - n_last, 1))

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from enstransfer_jax import checkpoints, train
+from enstransfer_jax import checkpoints
+from enstransfer_jax.training import run_experiment
 from tests import engine_util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +32,7 @@ def starsse_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('starsse'))
   records = []
   with engine_util.spy_on_stages(records):
-    summary = train.run(engine_util.tiny_config(star_fge=True, num_fge=4), workdir)
+    summary = run_experiment(engine_util.tiny_config(star_fge=True, num_fge=4), workdir)
   return workdir, summary, records
 
 
@@ -88,7 +89,7 @@ def test_starsse_members_start_from_member_1(starsse_run):
 def test_sse_member_k_starts_from_member_k_minus_1_and_optimizer_resets(tmp_path):
   records = []
   with engine_util.spy_on_stages(records):
-    train.run(engine_util.tiny_config(star_fge=False), str(tmp_path))
+    run_experiment(engine_util.tiny_config(star_fge=False), str(tmp_path))
   assert [list(r['member_ids']) for r in records] == [[1], [2], [3]]
   for k in (2, 3):
     prev = _member(str(tmp_path), k - 1)
@@ -96,20 +97,21 @@ def test_sse_member_k_starts_from_member_k_minus_1_and_optimizer_resets(tmp_path
     assert _leaves_equal(start.params, prev['params'])
     assert _leaves_equal(start.batch_stats, prev['batch_stats'])
     # reset_optim_state=True: the momentum buffers are empty at every member boundary.
-    assert all(np.all(x == 0) for x in jax.tree_util.tree_leaves(start.opt_state))
+    assert all(np.all(x == 0) for x in jax.tree_util.tree_leaves(start.opt_state.inner_state))
 
 
 def test_without_reset_the_momentum_carries_over(tmp_path):
   records = []
   with engine_util.spy_on_stages(records):
-    train.run(engine_util.tiny_config(star_fge=False, num_fge=2, reset_optim_state=False),
+    run_experiment(engine_util.tiny_config(star_fge=False, num_fge=2, reset_optim_state=False),
               str(tmp_path))
-  assert any(np.any(x != 0) for x in jax.tree_util.tree_leaves(records[1]['state'].opt_state))
+  assert any(np.any(x != 0) for x in
+             jax.tree_util.tree_leaves(records[1]['state'].opt_state.inner_state))
 
 
 def test_finished_run_is_not_retrained(starsse_run, capsys):
   workdir, summary, _ = starsse_run
-  again = train.run(engine_util.tiny_config(star_fge=True, num_fge=4), workdir)
+  again = run_experiment(engine_util.tiny_config(star_fge=True, num_fge=4), workdir)
   assert again == summary
   assert 'already holds a finished run' in capsys.readouterr().out
 
@@ -118,7 +120,7 @@ def test_workdir_with_a_different_config_is_refused(starsse_run):
   workdir, _, _ = starsse_run
   before = open(os.path.join(workdir, 'config.json')).read()
   with pytest.raises(ValueError, match='different config'):
-    train.run(engine_util.tiny_config(star_fge=True, num_fge=4, lr=0.5), workdir)
+    run_experiment(engine_util.tiny_config(star_fge=True, num_fge=4, lr=0.5), workdir)
   assert open(os.path.join(workdir, 'config.json')).read() == before
 
 
@@ -133,7 +135,7 @@ def test_workdir_with_a_different_config_is_refused(starsse_run):
 ])
 def test_config_errors_are_one_line(tmp_path, overrides, message):
   with pytest.raises(ValueError) as info:
-    train.run(engine_util.tiny_config(**overrides), str(tmp_path / 'run'))
+    run_experiment(engine_util.tiny_config(**overrides), str(tmp_path / 'run'))
   assert message in str(info.value) and '\n' not in str(info.value)
 
 
@@ -152,3 +154,89 @@ def test_missing_checkpoint_is_one_line(tmp_path):
   assert out.returncode == 2, out.stderr[-2000:]
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and 'byol.pt' in lines[0] and 'convert_byol.py' in lines[0]
+
+
+def _lowerings(fn):
+  """Runs fn() and returns how many programs JAX lowered meanwhile (each jit cache miss,
+  whether XLA then compiles it or reads it from the persistent cache)."""
+  from jax import monitoring  # pylint: disable=g-import-not-at-top
+  events = []
+  listener = lambda name, secs, **kw: events.append(name) if name.endswith(
+      'jaxpr_to_mlir_module_duration') else None
+  monitoring.register_event_duration_secs_listener(listener)
+  try:
+    fn()
+  finally:
+    from jax._src import monitoring as monitoring_src  # pylint: disable=g-import-not-at-top
+    monitoring_src.unregister_event_duration_listener(listener)
+  return len(events)
+
+
+def test_one_program_per_phase(tmp_path):
+  """Pre-training, member 1 and members 2..4 (partial last batches everywhere): each stage's
+  train step compiles once, stages with the same terms and member count share it, and
+  nothing between steps launches device work of its own."""
+  made = []
+  real = engine_util.step_lib.make_train_step
+
+  def make(*args):
+    made.append(args[3])
+    return real(*args)
+
+  config = engine_util.tiny_config(
+      star_fge=True, num_fge=4, batch_size=500, epochs=2, fge_epochs=2, **{
+          'pretrain.enabled': True, 'pretrain.class_subset': (0, 1, 2, 3, 4),
+          'pretrain.epochs': 2, 'class_subset': (5, 6, 7, 8, 9)})
+  engine_util.step_lib.make_train_step = make
+  try:
+    count = _lowerings(lambda: run_experiment(config, str(tmp_path / 'run')))
+  finally:
+    engine_util.step_lib.make_train_step = real
+  # 2 train programs: the pre-training and member 1 share one (the schedules are tables in
+  # the state, of one length for both); members 2..4 have their own member count.
+  assert len(made) == 2
+  # Per stage: start state, train step, evaluation; plus model init, head and a few
+  # one-off programs at the start. Eager work between steps would add one per step.
+  assert count <= 20, count
+
+
+def test_inputs_are_checked_before_the_work_dir_is_created(tmp_path):
+  text = tmp_path / 'notes.txt'
+  text.write_text('not a checkpoint')
+  for overrides, message in [({'ckpt': str(text)}, 'notes.txt'), ({'lr': -1.0}, 'lr=-1.0'),
+                             ({'momentum': 1.0}, 'momentum=1.0'), ({'wd': -0.1}, 'wd=-0.1'),
+                             ({'class_subset': (3, 42)}, 'class_subset'),
+                             ({'fmap_betas': (0.0, 0.0, 0.0, 0.0, float('nan'))}, 'fmap_betas')]:
+    workdir = tmp_path / 'run'
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+      run_experiment(engine_util.tiny_config(**overrides), str(workdir))
+    assert message in str(info.value) and '\n' not in str(info.value), str(info.value)
+    assert not workdir.exists(), overrides
+
+
+def test_a_corrected_command_takes_over_an_untrained_work_dir(tmp_path):
+  workdir = str(tmp_path / 'run')
+  from enstransfer_jax.training import experiment  # pylint: disable=g-import-not-at-top
+  one = dict(num_fge=1, scheduler='cosine')
+  experiment.prepare_workdir(engine_util.tiny_config(lr=0.5, **one), workdir)  # not trained
+  summary = run_experiment(engine_util.tiny_config(**one), workdir)
+  saved = json.load(open(os.path.join(workdir, 'config.json')))
+  assert saved['lr'] == 0.05 and summary['members']
+
+
+def test_from_scratch_de_members_start_from_their_own_init(tmp_path):
+  records = []
+  with engine_util.spy_on_stages(records):
+    run_experiment(engine_util.tiny_config(ensemble='local_de', num_members=2), str(tmp_path))
+  start = records[0]['state']
+  assert records[0]['member_ids'] == [1, 2]
+  conv = np.asarray(start.params['conv1']['kernel'])
+  assert not np.allclose(conv[0], conv[1])
+  # Each is torch's default init drawn from the stream (seed, 'init', member).
+  from enstransfer_jax import models  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.models import torch_init  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import streams  # pylint: disable=g-import-not-at-top
+  model = models.create_model('ResNet18', 10, width=4)
+  for j, member in enumerate((1, 2)):
+    want = torch_init.resnet_variables(model, streams.numpy_rng(0, 'init', member))
+    np.testing.assert_array_equal(conv[j], want['params']['conv1']['kernel'])

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from enstransfer_jax import models, optim, train
+from enstransfer_jax import models, optim
+from enstransfer_jax.training import run_experiment
 from enstransfer_jax.training import step as step_lib
 from tests import engine_util
 
@@ -34,13 +35,13 @@ def _probs(workdir, members):
 @pytest.fixture(scope='module')
 def one_device_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('one_device'))
-  train.run(engine_util.tiny_config(**STARSSE), workdir)
+  run_experiment(engine_util.tiny_config(**STARSSE), workdir)
   return workdir
 
 
 def test_parallel_members_equal_sequential_members(one_device_run, tmp_path):
   workdir = str(tmp_path / 'sequential')
-  train.run(engine_util.tiny_config(parallel_members=False, **STARSSE), workdir)
+  run_experiment(engine_util.tiny_config(parallel_members=False, **STARSSE), workdir)
   parallel, sequential = _train_losses(one_device_run), _train_losses(workdir)
   assert parallel.keys() == sequential.keys()
   # Member 1 trains alone in both runs: identical. Members 2 and 3 agree to 1e-4 over their
@@ -63,8 +64,8 @@ def _run_on_forced_devices(workdir, **overrides):
       import jax
       assert jax.device_count() == 4, jax.devices()
       from tests import engine_util
-      from enstransfer_jax import train
-      train.run(engine_util.tiny_config(**{dict(STARSSE, **overrides)!r}), {workdir!r})
+      from enstransfer_jax.training import run_experiment
+      run_experiment(engine_util.tiny_config(**{dict(STARSSE, **overrides)!r}), {workdir!r})
   ''')
   out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True,
                        timeout=900)
@@ -106,14 +107,9 @@ def test_gradient_accumulation_equals_one_big_batch():
   for accum in (1, 4):
     config = engine_util.tiny_config(grad_accum_steps=accum)
     tx = optim.create_optimizer(config)
-    params = jax.tree_util.tree_map(lambda x: x[None], variables['params'])
-    state = step_lib.TrainState(params, jax.tree_util.tree_map(lambda x: x[None],
-                                                               variables['batch_stats']),
-                                jax.vmap(tx.init)(params))
+    state = engine_util.stacked_state([variables], tx, terms, [0], [1])
     fn = step_lib.make_train_step(model, tx, config, terms)
-    ones = jnp.ones((1,), jnp.int32)
-    new_state, metrics = fn(state, images, labels, ones, ones, jnp.full((1,), 0.1),
-                            jnp.full((1,), 0.9), {})
+    new_state, metrics = fn(state, engine_util.full_batch(images, labels), {})
     results.append((jax.device_get(new_state.params), jax.device_get(metrics['loss'])))
   (p1, loss1), (p4, loss4) = results
   np.testing.assert_allclose(loss1, loss4, rtol=1e-5)
@@ -137,29 +133,26 @@ def test_data_parallel_steps_match_one_device_on_continuous_inputs():
       model = models.create_model('ResNet18', 10, width=4)
       k = 2
       variables = [models.init_variables(model, jax.random.PRNGKey(i), 32) for i in range(k)]
-      stack = lambda *xs: jnp.stack(xs)
       rng = np.random.default_rng(0)
       batches = [(rng.integers(0, 256, (k, 64, 32, 32, 3), dtype=np.uint8),
                   rng.integers(0, 10, (k, 64)).astype(np.int32)) for _ in range(5)]
       out = {{}}
       for mesh_members in (0, 1, 2):
-        config = engine_util.tiny_config(mesh_members=max(mesh_members, 1), image_size=32)
+        config = engine_util.tiny_config(mesh_members=max(mesh_members, 1), image_size=32,
+                                         scheduler='constant', num_fge=1)
         tx = optim.create_optimizer(config)
-        params = jax.tree_util.tree_map(stack, *[v['params'] for v in variables])
-        stats = jax.tree_util.tree_map(stack, *[v['batch_stats'] for v in variables])
-        state = step_lib.TrainState(params, stats, jax.vmap(tx.init)(params))
-        fn = step_lib.make_train_step(model, tx, config, step_lib.Terms())
+        terms = step_lib.Terms()
+        state = engine_util.stacked_state(variables, tx, terms, [0, 0], [2, 3], config)
+        fn = step_lib.make_train_step(model, tx, config, terms)
         if mesh_members:
           placement = mesh.Placement(config, k)
           state = placement.members(state)
         losses = []
         for i, (images, labels) in enumerate(batches):
-          rest = (np.array([2, 3], np.int32), np.full(k, i, np.int32),
-                  np.full(k, 0.05, np.float32), np.full(k, 0.9, np.float32))
+          batch = engine_util.full_batch(images, labels, i == 0)
           if mesh_members:
-            images, labels = placement.batch((images, labels))
-            rest = placement.members(rest)
-          state, metrics = fn(state, images, labels, *rest, {{}})
+            batch = placement.batch(batch)
+          state, metrics = fn(state, batch, {{}})
           losses.append(np.asarray(jax.device_get(metrics['loss'])).tolist())
         leaf = np.asarray(jax.device_get(jax.tree_util.tree_leaves(state.params)[0]))
         out[mesh_members] = {{'losses': losses, 'leaf': leaf.ravel()[:50].tolist(),
@@ -196,8 +189,8 @@ def test_two_processes_with_two_devices_each(one_device_run, tmp_path):
       mesh.initialize_distributed()
       assert jax.process_count() == 2 and jax.device_count() == 4
       from tests import engine_util
-      from enstransfer_jax import train
-      train.run(engine_util.tiny_config(**{STARSSE!r}), {workdir!r})
+      from enstransfer_jax.training import run_experiment
+      run_experiment(engine_util.tiny_config(**{STARSSE!r}), {workdir!r})
   ''')
   procs = []
   for pid in range(2):

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from enstransfer_jax import train
+from enstransfer_jax.training import run_experiment
 from tests import engine_util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def _outputs(workdir):
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('whole'))
-  train.run(engine_util.tiny_config(**OVERRIDES), workdir)
+  run_experiment(engine_util.tiny_config(**OVERRIDES), workdir)
   return _outputs(workdir)
 
 
@@ -42,7 +42,7 @@ def _run_and_signal(workdir, signal_name, at_call):
       import os, signal, sys
       sys.path.insert(0, {ROOT!r})
       from tests import engine_util
-      from enstransfer_jax import train
+      from enstransfer_jax.training import run_experiment
       from enstransfer_jax.training import step as step_lib
       real, calls = step_lib.make_train_step, [0]
       def make(*a):
@@ -54,7 +54,7 @@ def _run_and_signal(workdir, signal_name, at_call):
           return step(*args)
         return wrapped
       step_lib.make_train_step = make
-      train.run(engine_util.tiny_config(**{OVERRIDES!r}), {workdir!r})
+      run_experiment(engine_util.tiny_config(**{OVERRIDES!r}), {workdir!r})
   ''')
   return subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True,
                         timeout=600)
@@ -67,12 +67,12 @@ def test_interrupted_run_resumes_to_identical_outputs(tmp_path, uninterrupted, s
   out = _run_and_signal(workdir, signal_name, at_call)
   assert out.returncode != 0, 'the run was not interrupted'
   assert not os.path.exists(os.path.join(workdir, 'summary.json'))
-  position = json.load(open(os.path.join(workdir, 'progress', 'position.json')))
+  position = engine_util.progress_position(workdir)
   if signal_name == 'SIGTERM':
     assert 'Interrupted' in out.stderr and position['stage'] == 0
   else:
     assert position['stage'] == 1  # killed inside the parallel stage of members 2 and 3
-  train.run(engine_util.tiny_config(**OVERRIDES), workdir)
+  run_experiment(engine_util.tiny_config(**OVERRIDES), workdir)
   summary, probs, lines = _outputs(workdir)
   ref_summary, ref_probs, ref_lines = uninterrupted
   assert summary == ref_summary
@@ -86,11 +86,11 @@ def test_nan_loss_stops_with_member_epoch_step_and_keeps_earlier_output(tmp_path
   workdir = str(tmp_path / 'run')
   config = engine_util.tiny_config(**dict(OVERRIDES, fge_lr=1e30))
   with pytest.raises(FloatingPointError) as info:
-    train.run(config, workdir)
+    run_experiment(config, workdir)
   message = str(info.value)
   assert '\n' not in message and 'member 2,3' in message and 'epoch 1' in message
   assert 'step' in message
   # Member 1 is complete and the last good progress checkpoint is still there.
   assert os.path.exists(os.path.join(workdir, 'members', '1', 'test_probs.npy'))
-  position = json.load(open(os.path.join(workdir, 'progress', 'position.json')))
+  position = engine_util.progress_position(workdir)
   assert position['stage'] == 1 and not os.path.exists(os.path.join(workdir, 'members', '2'))

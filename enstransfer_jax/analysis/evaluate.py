@@ -74,7 +74,7 @@ class Evaluator:
     size = int(batch_size or self.batch_size)
     out = []
     slices = batches.batch_slices(n, size)
-    cut = lambda a, k: np.asarray(a[(slice(None),) * axis + (slice(0, k),)])
+    cut = lambda a, k: np.asarray(a)[(slice(None),) * axis + (slice(0, k),)]  # on the host
     for lo, hi in tqdm(slices, desc=desc, leave=False,
                        disable=not self.progress or len(slices) < _BAR_MIN_BATCHES):
       x = images[lo:hi]

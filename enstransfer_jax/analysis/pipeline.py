@@ -71,7 +71,7 @@ class Options:
 def read_json(path):
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} is missing: {os.path.dirname(path)} is not a work dir '
-                            'written by train.run (python main.py --config ...)')
+                            'written by run_experiment (python main.py --config ...)')
   with open(path) as f:
     return json.load(f)
 

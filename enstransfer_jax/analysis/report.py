@@ -14,9 +14,7 @@ import os
 
 import numpy as np
 
-from enstransfer_jax.analysis import calibration, ood
-
-from enstransfer_jax.analysis import thesis
+from enstransfer_jax.analysis import calibration, ood, thesis
 
 
 def _plain(v):
@@ -97,7 +95,7 @@ def comparison(summaries):
                if k not in s]
     if missing:
       raise ValueError(f"summary of {s.get('workdir', '?')} lacks {missing[0]!r}; is it a "
-                       'finished run (summary.json written by train.run)?')
+                       'finished run (summary.json written by run_experiment)?')
     groups.setdefault(s['name'], []).append(s)
   rows = []
   for name, runs in groups.items():

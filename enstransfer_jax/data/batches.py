@@ -3,7 +3,8 @@
 The order depends only on the three integers, never on what ran before, so members trained in
 parallel (vmap) or one after another, and a run resumed after an interruption, see the same
 batches. As the reference's DataLoader(shuffle=True, drop_last=False), the last batch of an
-epoch may be smaller than batch_size.
+epoch may be smaller than batch_size; the engine pads it to batch_size with a mask
+(`padded_indices`), so every step has the same shape.
 """
 
 import numpy as np
@@ -35,12 +36,16 @@ def num_batches(num_examples, batch_size):
   return len(batch_slices(num_examples, batch_size))
 
 
-def iterate_batches(images, labels, order, batch_size):
-  """Yields (images[idx], labels[idx]) numpy pairs, idx the consecutive slices of `order`."""
-  if len(images) != len(labels) or len(order) != len(labels):
-    raise ValueError(f'images ({len(images)}), labels ({len(labels)}) and order ({len(order)}) '
-                     'must have the same length')
-  order = np.asarray(order)
-  for start, stop in batch_slices(len(order), batch_size):
-    idx = order[start:stop]
-    yield images[idx], labels[idx]
+def padded_indices(orders, lo, hi, batch_size):
+  """Rows lo:hi of each member's order, padded to batch_size with the slice's first index.
+
+  Returns (idx int64 [K, batch_size], mask float32 [K, batch_size]): mask is 1 for the
+  hi - lo real samples and 0 for the padding.
+  """
+  idx = np.stack([np.asarray(o[lo:hi]) for o in orders])
+  pad = batch_size - (hi - lo)
+  mask = np.zeros((len(orders), batch_size), np.float32)
+  mask[:, :hi - lo] = 1.0
+  if pad:
+    idx = np.concatenate([idx, np.repeat(idx[:, :1], pad, axis=1)], axis=1)
+  return idx, mask

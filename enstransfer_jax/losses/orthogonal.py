@@ -11,10 +11,11 @@ but cos^2 is unchanged when both vectors are permuted the same way, so only that
 use the same order matters. Pass the `params` collection only (not batch_stats): the
 reference used model.parameters(), which excludes BN running statistics.
 
-Deviation from the reference, on purpose: the reference built w from p.data (detached),
-so its WO term never produced a gradient and the regulariser had no effect on training.
-Here w carries the gradient, which is what the thesis describes. A zero vector gives 0
-(the reference would give NaN).
+The reference built w from p.data (detached), so its WO term never produced a gradient and
+the regulariser had no effect on training. The function here is differentiable in params;
+the engine passes stop_gradient(params) unless config.wo_gradient is True (the intended
+method), so by default its runs equal the reference's. A zero vector gives 0 (the reference
+would give NaN).
 """
 
 import jax

@@ -1,11 +1,26 @@
 """Checks a config before anything is written: each problem is one ValueError line that says
 what is wrong and what to do."""
 
-FREEZABLE = ('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4', 'fc')
-FMAP_LOSSES = ('RTDLoss', 'MinMaxRTDLoss', 'MSELoss')
+import math
+
+from enstransfer_jax.data.augment import TRANSFORMS
+from enstransfer_jax.models.resnet import MODULE_NAMES as FREEZABLE
+from enstransfer_jax.training.plan import ENSEMBLES
+
+FMAP_LOSSES = ('RTDLoss', 'MinMaxRTDLoss', 'MSELoss', 'RTDLiteLoss')
 REGULARIZERS = ('first', 'pretrain')
 DTYPES = ('float32', 'bfloat16')
-TRANSFORMS = ('imagenet', 'cifar', 'none')
+
+
+def resolve(config):
+  """The config with the reference's implicit defaults made explicit: an unset fge_epochs
+  (0) means `epochs`, as the reference's fge_epochs=None does."""
+  if config.fge_epochs or config.num_fge <= 1:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.fge_epochs = config.epochs
+  return config
 
 
 def _fail(msg):
@@ -14,8 +29,24 @@ def _fail(msg):
 
 def validate(config):
   c = config
-  if c.ensemble not in ('sse', 'local_de', 'global_de'):
-    _fail(f'ensemble={c.ensemble!r} is unknown; use sse, local_de or global_de')
+  if c.ensemble not in ENSEMBLES:
+    _fail(f'ensemble={c.ensemble!r} is unknown; use {", ".join(ENSEMBLES)}')
+  for name in ('lr', 'fge_lr', 'warmup_lr', 'wd', 'momentum', 'eta_min', 'wo_beta',
+               'prev_ce_beta') + tuple(f'pretrain.{k}' for k in ('lr',)):
+    node, key = (c.pretrain, 'lr') if name.startswith('pretrain.') else (c, name)
+    if not isinstance(node[key], (int, float)) or not math.isfinite(node[key]):
+      _fail(f'{name}={node[key]!r} must be a finite number')
+  for name in ('lr', 'fge_lr'):
+    if c[name] <= 0:
+      _fail(f'{name}={c[name]} must be > 0')
+  if c.pretrain.enabled and c.pretrain.lr <= 0:
+    _fail(f'pretrain.lr={c.pretrain.lr} must be > 0')
+  if c.wd < 0:
+    _fail(f'wd={c.wd} must be >= 0')
+  if not 0 <= c.momentum < 1:
+    _fail(f'momentum={c.momentum} must be in [0, 1)')
+  if not all(isinstance(b, (int, float)) and math.isfinite(b) for b in c.fmap_betas):
+    _fail(f'fmap_betas={tuple(c.fmap_betas)} must be 5 finite numbers')
   if c.epochs < 1:
     _fail(f'epochs={c.epochs} must be at least 1')
   if c.batch_size < 1 or c.eval_batch_size < 1:
@@ -42,6 +73,8 @@ def validate(config):
   unknown = [name for name in c.freeze_layers if name not in FREEZABLE]
   if unknown:
     _fail(f'freeze_layers has unknown module {unknown[0]!r}; modules are {", ".join(FREEZABLE)}')
+  if c.init_scheme not in ('torch', 'torchvision'):
+    _fail(f"init_scheme={c.init_scheme!r} is unknown; use torch or torchvision")
   if c.dtype not in DTYPES:
     _fail(f'dtype={c.dtype!r} is unknown; use float32 or bfloat16')
   if c.transform_name.lower() not in TRANSFORMS:
@@ -65,12 +98,17 @@ def check_checkpoints(config):
   if config.pretrain.enabled:
     return
   paths = list(config.ckpts) if config.ensemble == 'global_de' else [config.ckpt]
-  for path in paths:
-    if path and not os.path.exists(path):
-      raise FileNotFoundError(
-          f'pre-trained checkpoint {path} does not exist; convert a PyTorch one with: python '
-          f'convert_byol.py IN.pt OUT_DIR, then pass --config.ckpt=OUT_DIR (or ckpt=\'\' to '
-          'train from scratch)')
+  missing = [path for path in paths if path and not os.path.exists(path)]
+  if len(missing) > 1:
+    raise FileNotFoundError(
+        f'{len(missing)} of the {len(paths)} pre-trained checkpoints do not exist: '
+        f'{", ".join(missing)}; convert them with convert_byol.py or list only those you have '
+        'in --config.ckpts')
+  if missing:
+    raise FileNotFoundError(
+        f'pre-trained checkpoint {missing[0]} does not exist; convert a PyTorch one with: '
+        'python convert_byol.py IN.pt OUT_DIR, then pass --config.ckpt=OUT_DIR (or ckpt=\'\' '
+        'to train from scratch)')
 
 
 def frozen_prefix(freeze_layers):

@@ -34,6 +34,13 @@ def initialize_distributed():
   return jax.process_count()
 
 
+def barrier(name):
+  """Every process waits here for the others (a no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
 def is_writer():
   """Only process 0 writes logs, members and summaries."""
   return jax.process_index() == 0
@@ -73,8 +80,11 @@ class Placement:
     return self.put(tree, P())
 
   def batch(self, tree):
-    """[K, B, ...] arrays: members over 'members', samples over 'data' when B divides."""
+    """[K, B, ...] arrays: members over 'members', samples over 'data' when B divides;
+    [K] arrays over 'members'."""
     def spec(x):
+      if np.ndim(x) == 1:
+        return P('members')
       divisible = np.shape(x)[1] % self.data_size == 0
       return P('members', 'data' if divisible else None)
     return jax.tree_util.tree_map(lambda x: self.put(x, spec(x)), tree)

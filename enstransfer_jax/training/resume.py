@@ -1,13 +1,13 @@
 """Progress checkpoints of the stage in training, so a run resumes where it stopped.
 
-<workdir>/progress/ holds an orbax CheckpointManager of the stacked TrainState (the last two
-saves) and position.json, written after the state it names:
-  {'stage': s, 'epoch': e, 'batch': b, 'state_step': n, 'lines': L, 'running': {...}}
+<workdir>/progress/state/ is an orbax CheckpointManager (the last two saves); each save holds
+the stacked TrainState ('state', with this epoch's metric sums) and its position
+('position', JSON), written together, so every process reads the same position from orbax:
+  {'stage': s, 'epoch': e, 'batch': b, 'lines': L}
 meaning: stage s (0-based) has finished e epochs plus b batches of epoch e+1; metrics.jsonl
-had L lines; `running` holds the epoch's metric sums so far. Everything else a step needs is
-a pure function of (seed, member, epoch, step): data order, augmentation, the learning rate,
-the member drawn for WO / prev-CE. So a resumed run repeats exactly what the uninterrupted
-run would have done.
+had L lines. Everything else a step needs is a pure function of (seed, member, epoch, step):
+data order, augmentation, the learning rate, the member drawn for WO / prev-CE. So a resumed
+run repeats exactly what the uninterrupted run would have done.
 
 SIGINT and SIGTERM set a flag; the loop saves at the next step boundary and stops with
 `Interrupted`.
@@ -30,7 +30,6 @@ class Progress:
 
   def __init__(self, workdir):
     self.dir = os.path.abspath(os.path.join(workdir, 'progress'))
-    self.position_path = os.path.join(self.dir, 'position.json')
     self._manager = None
     self.stop_requested = False
 
@@ -43,29 +42,39 @@ class Progress:
           options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
     return self._manager
 
+  def exists(self):
+    return os.path.isdir(os.path.join(self.dir, 'state'))
+
   def position(self):
     """The saved position, or None when the run has not started (or was reset)."""
-    if not os.path.exists(self.position_path):
+    if not self.exists():
       return None
     try:
-      return wd.read_json(self.position_path)
-    except ValueError as e:
-      raise ValueError(f'{self.position_path} is corrupt ({e}); delete {self.dir} to restart '
-                       'the member in progress, or pass --config.overwrite=True') from None
+      step = self.manager.latest_step()
+      if step is None:
+        return None
+      position = self.manager.restore(
+          step, args=ocp.args.Composite(position=ocp.args.JsonRestore())).position
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'the progress checkpoint in {self.dir} is unreadable '
+                       f'({type(e).__name__}); delete that folder to restart the member in '
+                       'progress, or pass --config.overwrite=True') from None
+    return dict(position, state_step=step)
 
-  def save(self, state, *, stage, epoch, batch, lines, running=None):
-    last = self.position()
-    step = (last['state_step'] + 1) if last else 0
+  def save(self, state, *, stage, epoch, batch, lines):
+    step = self.manager.latest_step()
+    step = 0 if step is None else step + 1
     with wd.disk_errors(self.dir):
-      self.manager.save(step, args=ocp.args.StandardSave(state))
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          position=ocp.args.JsonSave({'stage': stage, 'epoch': epoch, 'batch': batch,
+                                      'lines': lines})))
       self.manager.wait_until_finished()
-    wd.write_json(self.position_path, {'stage': stage, 'epoch': epoch, 'batch': batch,
-                                       'state_step': step, 'lines': lines,
-                                       'running': running or {}})
 
   def restore(self, target, position):
     try:
-      return self.manager.restore(position['state_step'], args=ocp.args.StandardRestore(target))
+      return self.manager.restore(position['state_step'], args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target))).state
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f'cannot restore the progress checkpoint in {self.dir} '
                        f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '

@@ -1,19 +1,25 @@
-"""The jitted train and eval steps, for a stack of K members on a leading axis.
+"""The jitted train step of a stack of K members: (state, batch, aux) -> (state, metrics).
 
-train_step(state, images, labels, member_ids, member_steps, lrs, moms, aux) -> (state, metrics)
-  state        TrainState with a leading member axis [K, ...]
-  images       uint8 [K, B, H, W, 3] raw images (augmented here, on the device)
-  labels       int32 [K, B]
-  member_ids   int32 [K] 1-based member numbers; with member_steps [K] they seed each
-               member's augmentation, so a member sees the same randomness whether it trains
-               alone or beside others
-  lrs, moms    float32 [K] learning rate and momentum (SGD) / beta1 (AdamW) of each member at
-               this step (torch's CyclicLR cycles the momentum too)
-  aux          shared, unbatched inputs of the regularisers: 'reg' (variables of the
-               feature-map regulariser), 'wo' (flat parameters of an earlier member), 'prev'
-               (variables of an earlier member)
-The loss is cross-entropy plus the active terms (SPEC section 4); which terms are active is
-static (a `Terms` value), so each phase of a run compiles once.
+  state  TrainState with a leading member axis [K, ...]: params, batch_stats, the optimizer
+         state, `step` (each member's global schedule step: batches since the run's start,
+         the earlier members' included, as the reference's scheduler counts), `member`
+         (1-based member numbers), `sums` (this epoch's metric sums over real samples) and
+         `schedule` ({'lr', 'momentum'}: the run's schedules at every step,
+         schedules.step_tables).
+  batch  {'images': uint8 [K, B, H, W, 3] raw images (augmented here, on the device),
+          'labels': int32 [K, B], 'mask': float32 [K, B] (0 for the padding of an epoch's
+          last, partial batch), 'new_epoch': bool [K] (empty `sums` before this step)}.
+  aux    shared, unbatched inputs of the regularisers: 'reg' (variables of the feature-map
+         regulariser), 'wo' (flat parameters of an earlier member), 'prev' (variables of an
+         earlier member).
+
+Every batch has the same shape: padded samples count nowhere (loss, accuracy, gradient,
+BatchNorm statistics). The learning rate and momentum are the schedules' values at
+`state.step`, read in the step from the state's tables, so runs whose schedules differ
+(the quickstart's pre-training and fine-tuning) share one compiled step. The loss is the cross-entropy plus the active terms
+(SPEC section 4); which terms are active is static (a `Terms` value), so one program serves
+every stage with the same terms, number of members and frozen set.
+Random streams: augmentation draws from (seed, 'augment', member, step).
 """
 
 import dataclasses
@@ -26,6 +32,9 @@ import jax.numpy as jnp
 
 from enstransfer_jax import losses, optim
 from enstransfer_jax.data import augment
+from enstransfer_jax.training import streams
+
+RTD_TIME = 'rtd_host_seconds'  # a metric that is not part of the loss
 
 
 @flax.struct.dataclass
@@ -33,6 +42,10 @@ class TrainState:
   params: dict
   batch_stats: dict
   opt_state: tuple
+  step: jax.Array
+  member: jax.Array
+  sums: dict
+  schedule: dict
 
   def variables(self):
     return {'params': self.params, 'batch_stats': self.batch_stats}
@@ -47,100 +60,128 @@ class Terms:
   rtd_card: int = 50
   rtd_lp: float = 1.0
   wo_beta: float = 0.0
+  wo_gradient: bool = False
   prev_ce_beta: float = 0.0
   only_negative: bool = False
   stop_gradient_after: Optional[str] = None
   frozen_bn: Tuple[str, ...] = ()
 
+  def metric_names(self):
+    names = ['ce', 'loss', 'acc']
+    names += [f'fmap{i}' for i, b in enumerate(self.fmap_betas) if b]
+    if self.fmap_betas and self.fmap_loss_type in ('RTDLoss', 'MinMaxRTDLoss'):
+      names.append(RTD_TIME)
+    names += ['wo'] * bool(self.wo_beta) + ['prev_ce'] * bool(self.prev_ce_beta)
+    return tuple(names)
 
-def _fmap_loss(terms, reg, cur):
+
+def init_state(variables, opt_state, step, member, terms, schedule):
+  """A TrainState of one member (stack them for a stage); the metric sums start at 0."""
+  return TrainState(variables['params'], variables['batch_stats'], opt_state,
+                    jnp.asarray(step, jnp.int32), jnp.asarray(member, jnp.int32),
+                    {k: jnp.zeros([], jnp.float32) for k in terms.metric_names() + ('count',)},
+                    schedule)
+
+
+def make_init_state(tx, terms):
+  """Jitted: (stacked variables [K, ...], steps [K], members [K], schedule) -> TrainState,
+  the optimizer state built on the devices."""
+  def init(variables, step, member, schedule):
+    return init_state(variables, tx.init(variables['params']), step, member, terms, schedule)
+  return jax.jit(jax.vmap(init, in_axes=(0, 0, 0, None)))
+
+
+def _as_duplicates(features, mask):
+  """Padded rows replaced by row 0: duplicate points leave RTD / RTD-Lite unchanged."""
+  return jnp.where(mask[:, None] > 0, features, features[:1])
+
+
+def _fmap_loss(terms, reg, cur, mask):
   reg, cur = reg.reshape(reg.shape[0], -1), cur.reshape(cur.shape[0], -1)
   if terms.fmap_loss_type == 'MSELoss':
-    return losses.feature_mse(reg, cur), None
+    return losses.feature_mse(reg, cur, weights=mask), None
+  reg, cur = _as_duplicates(reg, mask), _as_duplicates(cur, mask)
+  if terms.fmap_loss_type == 'RTDLiteLoss':
+    return losses.rtd_lite_loss(reg, cur), None
   mode = 'minmax' if terms.fmap_loss_type == 'MinMaxRTDLoss' else 'minimum'
   return losses.rtd_loss(reg, cur, dim=terms.rtd_dim, card=terms.rtd_card, lp=terms.rtd_lp,
                          mode=mode, return_aux=True)
 
 
-def _member_loss(model, terms, params, batch_stats, x, labels, aux):
+def _member_loss(model, terms, params, batch_stats, x, labels, mask, weight, aux):
+  """`weight` x (masked-mean CE + terms) of one (micro-)batch, and its parts."""
   variables = {'params': params, 'batch_stats': batch_stats}
   (logits, feats), new_state = model.apply(
-      variables, x, train=True, mutable=['batch_stats'],
+      variables, x, train=True, mutable=['batch_stats'], mask=mask,
       stop_gradient_after=terms.stop_gradient_after, frozen_bn=terms.frozen_bn)
-  parts = {'ce': losses.cross_entropy(logits, labels)}
+  real = jnp.maximum(jnp.sum(mask), 1.0)
+  ce = losses.per_sample_cross_entropy(logits, labels)
+  parts = {'ce': jnp.sum(ce * mask) / real}
   if terms.fmap_betas:
     _, reg_feats = model.apply(aux['reg'], x, train=False)
     for i, beta in enumerate(terms.fmap_betas):
       if beta:
-        value, extra = _fmap_loss(terms, jax.lax.stop_gradient(reg_feats[i]), feats[i])
+        value, extra = _fmap_loss(terms, jax.lax.stop_gradient(reg_feats[i]), feats[i], mask)
         parts[f'fmap{i}'] = beta * value
         if extra is not None:
-          parts.setdefault('rtd_host_seconds', 0.0)
-          parts['rtd_host_seconds'] += jax.lax.stop_gradient(extra['rtd_host_seconds'])
+          parts[RTD_TIME] = parts.get(RTD_TIME, 0.0) + jax.lax.stop_gradient(extra[RTD_TIME])
   if terms.wo_beta:
-    parts['wo'] = terms.wo_beta * losses.weight_orthogonality(params, aux['wo'])
+    w = params if terms.wo_gradient else jax.lax.stop_gradient(params)
+    parts['wo'] = terms.wo_beta * losses.weight_orthogonality(w, aux['wo'])
   if terms.prev_ce_beta:
     prev_logits, _ = model.apply(aux['prev'], x, train=False)
     parts['prev_ce'] = terms.prev_ce_beta * losses.prev_ce(
-        logits, jax.lax.stop_gradient(prev_logits), labels, terms.only_negative)
-  loss = sum(v for k, v in parts.items() if k != 'rtd_host_seconds')
-  return loss, (parts, logits, new_state['batch_stats'])
+        logits, jax.lax.stop_gradient(prev_logits), labels, terms.only_negative, weights=mask)
+  parts['loss'] = sum(v for k, v in parts.items() if k != RTD_TIME)
+  parts['acc'] = jnp.sum((jnp.argmax(logits, -1) == labels) * mask) / real
+  parts = {k: v if k == RTD_TIME else v * weight for k, v in parts.items()}
+  return parts['loss'], (parts, new_state['batch_stats'])
 
 
 def make_train_step(model, tx, config, terms: Terms):
   """Returns the jitted multi-member train step (state donated)."""
   aug = functools.partial(augment.train_transform, transform=config.transform_name,
                           image_size=config.image_size, interpolation=config.interpolation)
-  base_key = jax.random.PRNGKey(config.seed)
+  aug_key = streams.key(config.seed, 'augment')
+  grad_fn = jax.grad(functools.partial(_member_loss, model, terms), has_aux=True)
+  n_micro = int(config.grad_accum_steps)
 
-  def one(state, images, labels, member_id, member_step, lr, mom, aux):
-    key = jax.random.fold_in(jax.random.fold_in(base_key, member_id), member_step)
-    x = aug(key, images)
-    grad_fn = jax.grad(functools.partial(_member_loss, model, terms), has_aux=True)
-    grads, (parts, logits, batch_stats) = accumulate(grad_fn, state, x, labels, aux)
-    direction, opt_state = tx.update(grads, state.opt_state, state.params, momentum=mom)
-    params = optim.apply_direction(state.params, direction, lr)
-    metrics = dict(parts)
-    metrics['loss'] = sum(v for k, v in parts.items() if k != 'rtd_host_seconds')
-    metrics['acc'] = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return TrainState(params, batch_stats, opt_state), metrics
-
-  def accumulate(grad_fn, state, x, labels, aux):
-    """Mean gradient over config.grad_accum_steps micro-batches (one pass when it does not
-    divide the batch). Train-mode BN normalises each micro-batch with its own statistics and
-    updates the running ones micro-batch after micro-batch, as PyTorch accumulation does."""
-    n = config.grad_accum_steps
-    if n == 1 or x.shape[0] % n:
-      return grad_fn(state.params, state.batch_stats, x, labels, aux)
-    xs = x.reshape(n, x.shape[0] // n, *x.shape[1:])
-    ys = labels.reshape(n, -1)
+  def gradients(state, x, labels, mask, aux):
+    """Gradient of the mean loss over the real samples, in n_micro micro-batches. Train-mode
+    BN normalises each micro-batch with its own statistics and updates the running ones
+    micro-batch after micro-batch, as PyTorch accumulation does."""
+    real = jnp.maximum(jnp.sum(mask), 1.0)
+    if n_micro == 1:
+      grads, (parts, stats) = grad_fn(state.params, state.batch_stats, x, labels, mask, 1.0,
+                                      aux)
+      return grads, parts, stats
+    split = lambda a: a.reshape(n_micro, a.shape[0] // n_micro, *a.shape[1:])
 
     def body(carry, micro):
-      grads, batch_stats = carry
-      g, (parts, logits, batch_stats) = grad_fn(state.params, batch_stats, *micro, aux)
-      return (jax.tree_util.tree_map(jnp.add, grads, g), batch_stats), (parts, logits)
+      grads, stats = carry
+      xm, ym, mm = micro
+      g, (parts, stats) = grad_fn(state.params, stats, xm, ym, mm,
+                                  jnp.sum(mm) / real, aux)
+      return (jax.tree_util.tree_map(jnp.add, grads, g), stats), parts
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-    (grads, batch_stats), (parts, logits) = jax.lax.scan(body, (zeros, state.batch_stats),
-                                                         (xs, ys))
-    grads = jax.tree_util.tree_map(lambda g: g / n, grads)
-    parts = {k: (v.sum() if k == 'rtd_host_seconds' else v.mean()) for k, v in parts.items()}
-    return grads, (parts, logits.reshape(-1, logits.shape[-1]), batch_stats)
+    (grads, stats), parts = jax.lax.scan(body, (zeros, state.batch_stats),
+                                         (split(x), split(labels), split(mask)))
+    return grads, {k: v.sum() for k, v in parts.items()}, stats
 
-  stacked = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, None))
-  return jax.jit(stacked, donate_argnums=(0,))
+  def one(state, batch, aux):
+    key = jax.random.fold_in(jax.random.fold_in(aug_key, state.member), state.step)
+    x = aug(key, batch['images'])
+    mask = batch['mask']
+    grads, parts, batch_stats = gradients(state, x, batch['labels'], mask, aux)
+    lr = state.schedule['lr'][state.step]
+    params, opt_state = optim.step(tx, state.opt_state, grads, state.params, learning_rate=lr,
+                                   momentum=state.schedule['momentum'][state.step])
+    real = jnp.sum(mask)
+    sums = {k: jnp.where(batch['new_epoch'], 0.0, v) for k, v in state.sums.items()}
+    sums = {k: v + (real if k == 'count' else parts[k] * real) for k, v in sums.items()}
+    metrics = dict(parts, lr=lr)
+    return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state,
+                         step=state.step + 1, sums=sums), metrics
 
-
-def make_eval_step(model, config):
-  """Jitted: (stacked variables [K, ...], uint8 images [B, H, W, 3]) -> probs [K, B, C]."""
-  prep = functools.partial(augment.eval_transform, transform=config.transform_name,
-                           image_size=config.image_size, interpolation=config.interpolation)
-
-  def one(variables, x):
-    logits, _ = model.apply(variables, x, train=False)
-    return jax.nn.softmax(logits.astype(jnp.float32), -1)
-
-  def stacked(variables, images):
-    return jax.vmap(one, in_axes=(0, None))(variables, prep(images))
-
-  return jax.jit(stacked)
+  return jax.jit(jax.vmap(one, in_axes=(0, 0, None)), donate_argnums=(0,))

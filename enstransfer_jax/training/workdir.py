@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from enstransfer_jax import atomic
 from enstransfer_jax.training import mesh
 
 
@@ -46,14 +47,8 @@ def disk_errors(path):
 def _atomic_write(path, write):
   if not mesh.is_writer():
     return
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with disk_errors(path):
-      write(tmp)
-      os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  with disk_errors(path):
+    atomic.write(path, write)
 
 
 def write_json(path, obj):
@@ -78,6 +73,10 @@ def save_npy(path, array):
 
 def member_dir(workdir, index):
   return os.path.join(workdir, 'members', str(index))
+
+
+def member_checkpoint(workdir, index):
+  return os.path.join(member_dir(workdir, index), 'checkpoint')
 
 
 def save_member(workdir, index, variables, probs, metadata):

@@ -1,3 +1,0 @@
-"""Short import path: `from enstransfer_jax import train; train.run(config, workdir)`."""
-
-from enstransfer_jax.training.train import run  # noqa: F401

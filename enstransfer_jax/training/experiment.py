@@ -1,0 +1,239 @@
+"""run_experiment(config, workdir): the whole experiment, from the config to summary.json.
+
+The one entry point used by main.py, the tests and notebooks. In order:
+  1. check the config, then read everything that can fail on the inputs (the dataset, the
+     pre-trained checkpoints), before the work dir is created or touched;
+  2. prepare the work dir (a finished run is returned as it is; a run in progress resumes);
+  3. the quickstart's pre-training stage, when enabled (a run of its own in <workdir>/pretrain);
+  4. every stage of the plan (stage.py), resuming from <workdir>/progress when it exists;
+  5. summary.json from the members' saved test probabilities.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any, Dict, Optional
+
+import jax
+import numpy as np
+
+from enstransfer_jax import losses, metrics, models, schedules
+from enstransfer_jax.analysis.evaluate import Evaluator
+from enstransfer_jax.data import batches, datasets
+from enstransfer_jax.training import config_check, mesh, plan as plan_lib, resume
+from enstransfer_jax.training import stage as stage_lib
+from enstransfer_jax.training import starts as starts_lib
+from enstransfer_jax.training import wandb_log
+from enstransfer_jax.training import workdir as wd
+
+# Fields that may differ when a run is continued in the same work dir.
+_VOLATILE = ('overwrite', 'progress', 'wandb_mode', 'work_dir', 'compilation_cache_dir',
+             'rtd_workers')
+# The config fields a compiled program depends on (with the class count): runs that agree on
+# them share programs (the quickstart's pre-training and fine-tuning).
+_PROGRAM_FIELDS = ('model', 'width', 'dtype', 'transform_name', 'image_size', 'interpolation',
+                   'seed', 'grad_accum_steps', 'optimizer', 'wd', 'momentum', 'nesterov',
+                   'eval_batch_size')
+# What `overwrite` clears (config.json and run_info.json are rewritten).
+_OUTPUTS = ('summary.json', 'metrics.jsonl', 'members', 'progress', 'pretrain', 'analysis')
+
+
+def enable_compilation_cache(path):
+  """XLA's persistent compilation cache in `path` ('' leaves JAX's setting as it is)."""
+  if not path:
+    return
+  path = os.path.expanduser(path)
+  os.makedirs(path, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def _comparable(cfg_dict):
+  return {k: v for k, v in cfg_dict.items() if k not in _VOLATILE}
+
+
+def _started(workdir):
+  """A finished member or a progress checkpoint: work that a changed config would lose."""
+  members = os.path.join(workdir, 'members')
+  return (os.path.isdir(os.path.join(workdir, 'progress')) or
+          (os.path.isdir(members) and bool(os.listdir(members))))
+
+
+def check_workdir(config, workdir):
+  """Read-only: True when workdir holds this config's finished run; raises when it holds
+  started work of another config."""
+  cfg_path = os.path.join(workdir, 'config.json')
+  if config.overwrite or not os.path.exists(cfg_path):
+    return False
+  old, cfg = wd.read_json(cfg_path), json.loads(config.to_json_best_effort())
+  if _comparable(old) != _comparable(cfg):
+    if not _started(workdir) and not os.path.exists(os.path.join(workdir, 'summary.json')):
+      return False  # nothing trained yet: the new config takes the work dir over
+    diff = sorted(k for k in set(old) | set(cfg) if k not in _VOLATILE and old.get(k) != cfg.get(k))
+    raise ValueError(f'work dir {workdir} holds a run with a different config ({diff[0]}: '
+                     f'{old.get(diff[0])!r} there, {cfg.get(diff[0])!r} here); choose another '
+                     '--workdir or pass --config.overwrite=True')
+  return os.path.exists(os.path.join(workdir, 'summary.json'))
+
+
+def prepare_workdir(config, workdir):
+  """Creates the work dir (clearing old outputs on overwrite) and writes config.json."""
+  if mesh.is_writer():
+    if config.overwrite and os.path.isdir(workdir):
+      for name in _OUTPUTS:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+          shutil.rmtree(path)
+        elif os.path.exists(path):
+          os.remove(path)
+    os.makedirs(workdir, exist_ok=True)
+    wd.write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
+  mesh.barrier('prepare_workdir')
+
+
+def pretrain_config(config):
+  """The quickstart's pre-training stage: a plain single model on pretrain.class_subset."""
+  p = config.copy_and_resolve_references()
+  with p.unlocked():
+    p.class_subset = tuple(config.pretrain.class_subset)
+    p.epochs, p.lr, p.scheduler = config.pretrain.epochs, config.pretrain.lr, 'cosine'
+    p.ensemble, p.num_fge, p.ckpt, p.star_fge = 'sse', 1, '', False
+    p.fmap_betas, p.wo_beta, p.prev_ce_beta, p.freeze_layers = (0.0,) * 5, 0.0, 0.0, ()
+    p.pretrain.enabled = False
+    p.wandb_mode = 'disabled'
+    p.valid_freq = 0
+  return p
+
+
+@dataclasses.dataclass
+class Run:
+  """What the stages of one run share."""
+  config: Any
+  workdir: str
+  data: Any
+  model: Any
+  arch: str
+  log: Any
+  starts: starts_lib.Starts
+  evaluator: Evaluator
+  steps_per_epoch: int
+  progress: resume.Progress
+  schedule: Dict[str, Any]  # schedules.step_tables
+  programs: Dict[Any, Any] = dataclasses.field(default_factory=dict)  # compiled, by key
+  last_opt_state: Optional[Any] = None
+
+  @property
+  def signature(self):
+    return (self.data.num_classes,) + tuple(
+        str(self.config[k]) for k in _PROGRAM_FIELDS)
+
+  def save_progress(self, state, s, epoch, batch):
+    self.progress.save(state, stage=s, epoch=epoch, batch=batch,
+                       lines=resume.count_lines(self.log.path))
+
+
+def total_steps(config, data):
+  return schedules.total_epochs(config) * batches.num_batches(len(data.train_labels),
+                                                               config.batch_size)
+
+
+def train_members(config, workdir, data, log, pretrained, programs=None, table_length=0):
+  """Trains every stage of the plan, resuming from <workdir>/progress when it exists.
+  `programs`: compiled programs shared with another run of this process, whose schedule
+  tables have `table_length` steps."""
+  programs = {} if programs is None else programs
+  model = models.create_model(config.model, data.num_classes, width=config.width,
+                              dtype=config.dtype)
+  key = ('evaluator', data.num_classes) + tuple(str(config[k]) for k in _PROGRAM_FIELDS)
+  if key not in programs:
+    programs[key] = Evaluator(model, transform=config.transform_name,
+                              image_size=config.image_size, interpolation=config.interpolation,
+                              batch_size=config.eval_batch_size)
+  spe = batches.num_batches(len(data.train_labels), config.batch_size)
+  run = Run(config=config, workdir=workdir, data=data, model=model,
+            arch=models.canonical_name(config.model), log=log,
+            starts=starts_lib.Starts(config, model, data.num_classes, pretrained),
+            evaluator=programs[key], programs=programs,
+            steps_per_epoch=spe, progress=resume.Progress(workdir),
+            schedule=schedules.step_tables(config, spe, min_length=table_length))
+  stages = plan_lib.make_plan(config)
+  position = run.progress.position()
+  if position is not None:
+    resume.truncate_lines(log.path, position['lines'])
+    for stage in stages[:position['stage']]:
+      run.starts.load_finished(workdir, stage)
+  previous = run.progress.install_signal_handlers()
+  try:
+    for s, stage in enumerate(stages):
+      if position is not None and s < position['stage']:
+        continue
+      here = position if position is not None and s == position['stage'] else None
+      stage_lib.train_stage(run, s, stage, here, stages[s - 1] if s else None)
+  finally:
+    run.progress.restore_signal_handlers(previous)
+  run.progress.clear()
+  return run
+
+
+def _pretrain(config, workdir, pre, pre_data, programs, table_length):
+  """Runs the quickstart's pre-training stage; returns the config that fine-tunes from it."""
+  pre_dir = os.path.join(workdir, 'pretrain')
+  print(f'== pre-training {pre.model} on classes {list(pre.class_subset)} of {pre.dataset}',
+        flush=True)
+  if not check_workdir(pre, pre_dir):
+    prepare_workdir(pre, pre_dir)
+    train_members(pre, pre_dir, pre_data, wd.MetricsLog(pre_dir), {}, programs, table_length)
+    wd.write_json(os.path.join(pre_dir, 'summary.json'), {'done': True})
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.ckpt = wd.member_checkpoint(pre_dir, 1)
+  return config
+
+
+def run_experiment(config, workdir=None):
+  """Trains every member of the experiment described by `config`; returns the summary dict."""
+  config = config_check.resolve(config)
+  config_check.validate(config)
+  enable_compilation_cache(config.compilation_cache_dir)
+  losses.rtd.set_workers(config.rtd_workers)
+  workdir = workdir or wd.default_workdir(config)
+  if check_workdir(config, workdir):
+    print(f'{workdir} already holds a finished run (summary.json); pass --config.overwrite=True '
+          'to train again')
+    return wd.read_json(os.path.join(workdir, 'summary.json'))
+  data = datasets.load_dataset(config)  # errors here leave the work dir untouched
+  table_length = total_steps(config, data)
+  if config.pretrain.enabled:
+    pre = pretrain_config(config)
+    pre_data = datasets.load_dataset(pre)
+    table_length = max(table_length, total_steps(pre, pre_data))
+  pretrained = {} if config.pretrain.enabled else starts_lib.load_checkpoints(config)
+  prepare_workdir(config, workdir)
+  print(f'work dir: {workdir}', flush=True)
+  programs = {}
+  if config.pretrain.enabled:
+    config = _pretrain(config, workdir, pre, pre_data, programs, table_length)
+    pretrained = starts_lib.load_checkpoints(config)
+
+  wd.write_json(os.path.join(workdir, 'run_info.json'), {
+      'name': config.name, 'model': config.model, 'width': config.width,
+      'num_classes': data.num_classes, 'metric': data.metric, 'dataset': config.dataset,
+      'pretrained': list(config.ckpts) if config.ensemble == 'global_de' else config.ckpt})
+  wd.save_npy(os.path.join(workdir, 'test_labels.npy'), data.test_labels.astype(np.int32))
+  run_handle = wandb_log.start(config, workdir) if mesh.is_writer() else None
+  log = wd.MetricsLog(workdir, run_handle)
+  run = train_members(config, workdir, data, log, pretrained, programs, table_length)
+
+  probs = [wd.load_member_probs(workdir, i) for i in sorted(run.starts.finished)]
+  summary = metrics.ensemble_summary(probs, data.test_labels, data.metric)
+  summary['workdir'] = workdir
+  summary['name'] = config.name
+  wd.write_json(os.path.join(workdir, 'summary.json'), summary)
+  log.write('summary', mean_member_acc=summary['mean_member_acc'],
+            ensemble_acc=summary['ensembles'][-1]['acc'], diversity=summary['diversity'])
+  if mesh.is_writer():
+    print(metrics.format_summary(summary), flush=True)
+  wandb_log.finish(run_handle, summary)
+  return summary

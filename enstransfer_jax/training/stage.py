@@ -1,0 +1,221 @@
+"""One stage's loop: the epochs and batches of the members that train together.
+
+`train_stage(run, s, stage, position)` builds the stage's start state in one jitted program,
+then feeds fixed-shape batches to the compiled step (built once per distinct
+(terms, members, frozen set) and reused by later stages), logs every `log_every_steps`
+steps, checks for NaN there and at every epoch's end, evaluates on the test set every
+`valid_freq` epochs and at the end, and saves progress checkpoints. Between two steps the
+host only gathers images and copies them to the devices: no eager device work.
+"""
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from enstransfer_jax import metrics, optim
+from enstransfer_jax.data import batches
+from enstransfer_jax.models import resnet
+from enstransfer_jax.training import config_check, mesh, plan as plan_lib, resume
+from enstransfer_jax.training import step as step_lib
+from enstransfer_jax.training import workdir as wd
+
+
+def terms_for(config, member, starts):
+  """The static loss terms and frozen modules of the stage `member` belongs to."""
+  c = config
+  cycle = plan_lib.is_cycle(member)
+  fmap_on = any(c.fmap_betas) and (c.which_model_is_regularizer == 'pretrain' or cycle)
+  earlier = bool(starts.earlier(member))
+  frozen = tuple(c.freeze_layers) if cycle else ()
+  return step_lib.Terms(
+      fmap_betas=tuple(float(b) for b in c.fmap_betas) if fmap_on else (),
+      fmap_loss_type=c.fmap_loss_type, rtd_dim=c.rtd_dim, rtd_card=c.rtd_card,
+      rtd_lp=c.rtd_lp,
+      wo_beta=float(c.wo_beta) if earlier else 0.0, wo_gradient=bool(c.wo_gradient),
+      prev_ce_beta=float(c.prev_ce_beta) if earlier else 0.0,
+      only_negative=bool(c.only_negative),
+      stop_gradient_after=config_check.frozen_prefix(frozen),
+      frozen_bn=tuple(m for m in frozen if m in resnet.BN_MODULES) if c.freeze_bn_stats else ())
+
+
+class _Aux:
+  """Regulariser inputs of one stage, copied to every device once."""
+
+  def __init__(self, run, terms, member, placement):
+    self.run, self.terms, self.member, self.placement = run, terms, member, placement
+    self._placed = {}
+    self._earlier = run.starts.earlier(member)
+
+  def _place(self, key, make):
+    if key not in self._placed:
+      self._placed[key] = self.placement.replicated(make())
+    return self._placed[key]
+
+  def for_step(self, local_step):
+    """The earlier member for WO / prev-CE is drawn per step from (seed, member, step)."""
+    aux, starts = {}, self.run.starts
+    if self.terms.fmap_betas:
+      aux['reg'] = self._place('reg', lambda: starts.regularizer(self.member))
+    if self.terms.wo_beta or self.terms.prev_ce_beta:
+      rng = np.random.default_rng([self.run.config.seed, self.member.index, local_step])
+      chosen = self._earlier[rng.integers(len(self._earlier))]
+      if self.terms.wo_beta:
+        aux['wo'] = self._place(('wo', chosen), lambda: starts.flat_params(chosen))
+      if self.terms.prev_ce_beta:
+        aux['prev'] = self._place(('prev', chosen), lambda: starts.finished[chosen])
+    return aux
+
+
+def _start_state(run, stage, terms, tx, placement):
+  """The stacked start state of the stage, built on the devices by one jitted program."""
+  inits = [run.starts.initial(m) for m in stage]
+  stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *inits)
+  steps = np.asarray([m.epoch_offset * run.steps_per_epoch for m in stage], np.int32)
+  ids = np.asarray([m.index for m in stage], np.int32)
+  key = ('init', len(stage), terms, tx.frozen, run.signature)
+  if key not in run.programs:
+    run.programs[key] = step_lib.make_init_state(tx, terms)
+  return run.programs[key](placement.members(stacked), placement.members(steps),
+                           placement.members(ids), placement.replicated(run.schedule))
+
+
+def _train_step(run, stage, terms, tx):
+  key = ('train', len(stage), terms, tx.frozen, run.signature)
+  if key not in run.programs:
+    run.programs[key] = step_lib.make_train_step(run.model, tx, run.config, terms)
+  return run.programs[key]
+
+
+class _Optimizer:
+  """The optimizer of a stage and the frozen set it was built for (part of program keys)."""
+
+  def __init__(self, run, member):
+    c = run.config
+    self.frozen = tuple(sorted(c.freeze_layers)) if plan_lib.is_cycle(member) else ()
+    params = run.starts.initial(member)['params']
+    self.tx = optim.create_optimizer(c, {k: k not in self.frozen for k in params})
+
+  def __getattr__(self, name):
+    return getattr(self.tx, name)
+
+
+def _new_state(run, stage):
+  terms = terms_for(run.config, stage[0], run.starts)
+  tx = _Optimizer(run, stage[0])
+  placement = mesh.Placement(run.config, len(stage))
+  return terms, tx, placement, _start_state(run, stage, terms, tx, placement)
+
+
+def train_stage(run, s, stage, position=None, previous_stage=None):
+  """Trains stage number s; `position` (from resume.Progress) continues an interrupted one;
+  `previous_stage` gives the structure of a saved optimizer state to continue."""
+  c, k = run.config, len(stage)
+  names = ', '.join(str(m.index) for m in stage)
+  terms, tx, placement, state = _new_state(run, stage)
+  done_epochs, done_batches = 0, 0
+  if position is not None and (position['epoch'] or position['batch']):
+    state = run.progress.restore(state, position)
+    done_epochs, done_batches = position['epoch'], position['batch']
+  elif not c.reset_optim_state and previous_stage is not None:
+    if run.last_opt_state is None:  # resumed at this stage's start: read the saved state
+      target = _new_state(run, previous_stage)[-1]
+      run.last_opt_state = run.progress.restore(target, position).opt_state
+    state = state.replace(opt_state=optim.carry_state(run.last_opt_state, state.opt_state))
+  start = {'previous': f'member {stage[0].index - 1}', 'first': 'member 1'}.get(
+      stage[0].init, stage[0].ckpt or 'scratch')
+  print(f'== member{"s" if k > 1 else ""} {names}: {stage[0].epochs} epochs from '
+        f'{start}{" (in parallel)" if k > 1 else ""}'
+        + (f', resumed at epoch {done_epochs + 1} batch {done_batches}' if position else ''),
+        flush=True)
+  train_step = _train_step(run, stage, terms, tx)
+  aux = _Aux(run, terms, stage[0], placement)
+  n, size = len(run.data.train_labels), c.batch_size
+  slices = batches.batch_slices(n, size)
+  probs = None
+  for epoch in range(done_epochs + 1, stage[0].epochs + 1):
+    orders = [batches.epoch_order(c.seed, m.index, epoch, n) for m in stage]
+    first = done_batches if epoch == done_epochs + 1 else 0
+    bar = tqdm(total=len(slices), desc=f'member {names} epoch {epoch}/{stage[0].epochs}',
+               initial=first, disable=not (c.progress and mesh.is_writer()), leave=False,
+               dynamic_ncols=True)
+    for b in range(first, len(slices)):
+      lo, hi = slices[b]
+      idx, mask = batches.padded_indices(orders, lo, hi, size)
+      batch = placement.batch({'images': run.data.train_images[idx],
+                               'labels': run.data.train_labels[idx].astype(np.int32),
+                               'mask': mask, 'new_epoch': np.full((k,), b == 0)})
+      local_step = (epoch - 1) * run.steps_per_epoch + b
+      state, step_metrics = train_step(state, batch, aux.for_step(local_step))
+      bar.update(1)
+      save_now = c.checkpoint_every_steps and (local_step + 1) % c.checkpoint_every_steps == 0
+      stop = run.progress.stop_requested
+      if b % c.log_every_steps == 0 or b == len(slices) - 1 or save_now or stop:
+        _log_step(run, stage, epoch, local_step, mesh.to_host(step_metrics), bar)
+      if b < len(slices) - 1 and (save_now or stop):
+        run.save_progress(state, s, epoch - 1, b + 1)
+        if run.progress.stop_requested:
+          raise resume.Interrupted(f'member {names}, epoch {epoch}, batch {b + 1}')
+    bar.close()
+    probs = _end_epoch(run, stage, epoch, state)
+    if epoch < stage[0].epochs:
+      run.save_progress(state, s, epoch, 0)
+      if run.progress.stop_requested:
+        raise resume.Interrupted(f'member {names}, end of epoch {epoch}')
+  _finish_stage(run, s, stage, state, probs)
+
+
+def _log_step(run, stage, epoch, local_step, host, bar):
+  steps = [m.epoch_offset * run.steps_per_epoch + local_step for m in stage]
+  _check_finite(host, stage, epoch, steps[0])
+  for j, m in enumerate(stage):
+    run.log.write('train', member=m.index, epoch=m.epoch_offset + epoch, step=steps[j],
+                  **{key: v[j] for key, v in host.items()})
+  bar.set_postfix(loss=f"{np.mean(host['loss']):.3f}", acc=f"{np.mean(host['acc']):.3f}",
+                  lr=f"{float(host['lr'][0]):.4g}")
+
+
+def _end_epoch(run, stage, epoch, state):
+  """Epoch metrics, and the test-set evaluation every valid_freq epochs and at the end."""
+  c = run.config
+  sums = mesh.to_host(state.sums)
+  count = sums.pop('count')
+  means = {key: v / count for key, v in sums.items()}
+  _check_finite(means, stage, epoch, None)
+  for j, m in enumerate(stage):
+    run.log.write('epoch', member=m.index, epoch=m.epoch_offset + epoch,
+                  **{key: v[j] for key, v in means.items()})
+  if not (epoch == stage[0].epochs or (c.valid_freq and epoch % c.valid_freq == 0)):
+    return None
+  probs = run.evaluator.member_probs(state.variables(), run.data.test_images)
+  score = metrics.METRICS[run.data.metric]
+  for j, m in enumerate(stage):
+    run.log.write('eval', member=m.index, epoch=m.epoch_offset + epoch,
+                  test_acc=score(probs[j], run.data.test_labels),
+                  test_nll=metrics.nll(probs[j], run.data.test_labels))
+  print(f'  epoch {epoch}: train loss {np.mean(means["loss"]):.4f}, test acc '
+        + ', '.join(f'{100 * score(p, run.data.test_labels):.2f}%' for p in probs), flush=True)
+  return probs
+
+
+def _finish_stage(run, s, stage, state, probs):
+  run.last_opt_state = state.opt_state
+  host = mesh.to_host(state.variables())
+  for j, m in enumerate(stage):
+    run.starts.finished[m.index] = jax.tree_util.tree_map(lambda x, j=j: x[j], host)
+    wd.save_member(run.workdir, m.index, run.starts.finished[m.index], probs[j],
+                   {'arch': run.arch, 'num_classes': run.data.num_classes,
+                    'member': m.index, 'source': run.workdir})
+    run.log.write('member', member=m.index, test_acc=metrics.METRICS[run.data.metric](
+        probs[j], run.data.test_labels))
+  # The next stage starts here (the state keeps the optimizer state for reset_optim_state=False).
+  run.save_progress(state, s + 1, 0, 0)
+
+
+def _check_finite(host, stage, epoch, gstep):
+  bad = [k for k, v in host.items() if not np.all(np.isfinite(v))]
+  if bad:
+    where = f', step {gstep}' if gstep is not None else ' (epoch mean)'
+    raise FloatingPointError(
+        f'{bad[0]} became {np.ravel(host[bad[0]])[0]} at member '
+        f'{",".join(str(m.index) for m in stage)}, epoch {epoch}{where}; lower lr or '
+        'check the data; the members saved so far are kept')

@@ -1,0 +1,103 @@
+"""Where members start, and what the regularisers read.
+
+One documented order: a run resumed from its work dir continues from the progress checkpoint
+(resume.py); otherwise member 1 (and every Local / Global DE member) starts from its
+pre-trained checkpoint, with a new `num_classes` head drawn from (seed, 'head', member) when
+the checkpoint's head has another size, or from scratch (`ckpt=''`) with parameters drawn
+from (seed, 'init', member) by `init_scheme` (torch's default layer init, as the reference's
+ResNets, or torchvision's), so from-scratch DE members differ; SSE member k starts from
+member k-1 and StarSSE member k from member 1 (parameters and BN statistics).
+
+Pre-trained checkpoints are read once, before the work dir is touched (`load_checkpoints`).
+"""
+
+import jax
+import numpy as np
+
+from enstransfer_jax import checkpoints, models
+from enstransfer_jax.models import resnet, torch_init
+from enstransfer_jax.training import streams
+
+
+def checkpoint_paths(config):
+  """The pre-trained checkpoints the run reads ('' = from scratch)."""
+  if config.ensemble == 'global_de':
+    return list(config.ckpts)
+  return [config.ckpt or '']
+
+
+def load_checkpoints(config):
+  """{path: host variables} of every pre-trained checkpoint the run reads; one-line errors for
+  a missing, unreadable or wrong-architecture checkpoint."""
+  out = {}
+  for path in checkpoint_paths(config):
+    if path and path not in out:
+      arch, variables = checkpoints.load_pretrained(path)
+      if models.canonical_name(arch) != models.canonical_name(config.model):
+        raise ValueError(f'checkpoint {path} holds a {arch} but config.model is '
+                         f'{config.model}; set --config.model={arch}')
+      out[path] = jax.device_get(dict(variables))
+  return out
+
+
+class Starts:
+  """Start variables of each member and the saved members the regularisers read (host)."""
+
+  def __init__(self, config, model, num_classes, pretrained):
+    self.config, self.model, self.num_classes = config, model, num_classes
+    self.pretrained = dict(pretrained)  # path -> variables
+    self.finished = {}  # member index -> variables
+    self._scratch_cache = {}
+
+  def _scratch(self, index):
+    if index not in self._scratch_cache:
+      if isinstance(self.model, resnet.ResNet):
+        rng = streams.numpy_rng(self.config.seed, 'init', index)
+        variables = torch_init.resnet_variables(self.model, rng, self.config.init_scheme)
+      else:
+        key = streams.key(self.config.seed, 'init', index)
+        variables = jax.device_get(dict(models.init_variables(self.model, key,
+                                                              self.config.image_size)))
+      self._scratch_cache[index] = variables
+    return self._scratch_cache[index]
+
+  def _with_head(self, variables, index):
+    if variables['params']['fc']['kernel'].shape[-1] == self.num_classes:
+      return variables
+    key = streams.key(self.config.seed, 'head', index)
+    return jax.device_get(models.replace_head(variables, self.num_classes, key))
+
+  def initial(self, member):
+    if member.init == 'previous':
+      return self.finished[member.index - 1]
+    if member.init == 'first':
+      return self.finished[1]
+    if not member.ckpt:
+      return self._scratch(member.index)
+    return self._with_head(self.pretrained[member.ckpt], member.index)
+
+  def regularizer(self, member):
+    """Variables of the feature-map regulariser: member 1, or the pre-trained model (with a
+    head of this task's size: only its features are read)."""
+    if self.config.which_model_is_regularizer != 'pretrain':
+      return self.finished[1]
+    path = member.ckpt or self.config.ckpt or ''
+    if not path:
+      return self._scratch(member.index)
+    return self._with_head(self.pretrained[path], member.index)
+
+  def earlier(self, member):
+    """Saved members WO / prev-CE may draw from: before `member`, other than member 1."""
+    return sorted(i for i in self.finished if i != 1 and i < member.index)
+
+  def flat_params(self, index):
+    """Member `index`'s parameters as one vector, in losses.flatten_params order."""
+    return np.concatenate([np.ravel(x) for x in
+                           jax.tree_util.tree_leaves(self.finished[index]['params'])])
+
+  def load_finished(self, workdir, stage):
+    from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
+    for m in stage:
+      _, variables = checkpoints.load_pretrained(wd.member_checkpoint(workdir, m.index))
+      self.finished[m.index] = jax.device_get(dict(variables))
+

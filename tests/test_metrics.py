@@ -43,9 +43,20 @@ def test_diversity_by_hand():
 
 def test_ensemble_summary_averages_members_1_to_k():
   s = metrics.ensemble_summary([A, B, C], LABELS)
-  avg2 = (A + B) / 2
-  assert s['ensembles'][1]['acc'] == metrics.accuracy(avg2, LABELS)
-  assert s['ensembles'][1]['nll'] == pytest.approx(metrics.nll(avg2, LABELS))
-  assert s['ensembles'][0]['acc'] == s['members'][0]['test_acc']
+  # By hand: (A+B)/2 predicts 0,1,2,1 -> 4/4; (A+B+C)/3 predicts 0,1,2,1 -> 4/4.
+  avg2, avg3 = (A + B) / 2, (A + B + C) / 3
+  np.testing.assert_array_equal(avg2.argmax(-1), [0, 1, 2, 1])
+  assert [e['size'] for e in s['ensembles']] == [1, 2, 3]
+  assert s['ensembles'][0]['acc'] == 0.75 and s['ensembles'][1]['acc'] == 1.0
+  assert s['ensembles'][2]['acc'] == np.mean(avg3.argmax(-1) == LABELS)
+  # NLL: minus the mean log of each average's probability of the true label.
+  assert s['ensembles'][1]['nll'] == pytest.approx(
+      -np.mean(np.log([(.7 + .5) / 2, (.8 + .3) / 2, (.6 + .8) / 2, (.3 + .6) / 2])))
+  assert s['ensembles'][2]['nll'] == pytest.approx(
+      -np.mean(np.log([1.5 / 3, 1.5 / 3, 1.8 / 3, 1.7 / 3])))
+  assert s['ensembles'][0]['nll'] == pytest.approx(-np.mean(np.log([.7, .8, .6, .3])))
+  assert [m['test_acc'] for m in s['members']] == [0.75, 0.75, 0.5]
+  assert s['members'][2]['test_nll'] == pytest.approx(-np.mean(np.log([.3, .4, .4, .8])))
   assert s['mean_member_acc'] == pytest.approx((0.75 + 0.75 + 0.5) / 3)
+  assert s['diversity'] == pytest.approx(500 / 3)
   assert 'diversity' in metrics.format_summary(s)

@@ -35,8 +35,9 @@ The schedules with `+` (except continious+cosine) need num_fge >= 2, as in the r
 torch's CyclicLR also cycles the optimizer's momentum (SGD) or beta1 (AdamW) inversely
 between 0.9 and 0.8, and sets it to 0.9 for the whole run when built;
 `create_momentum_fn` gives that value per step (pass it to the optimizer's update).
-Values are computed in float32 from exact integer ratios, so they match torch's float64
-values to about 1e-7 relative.
+Values are computed from exact integer ratios in float32, so they match torch's float64
+values to about 1e-7 relative; with `jax_enable_x64` on, in float64 from the config's float64
+values (lr, momentum, ...), as torch computes them.
 """
 
 import math
@@ -119,6 +120,11 @@ def _validate(config, steps_per_epoch):
   return name
 
 
+def _real():
+  """The dtype of the schedules: float64 under jax_enable_x64, else float32."""
+  return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
 def _cos01(num, den):
   """(1 + cos(pi num / den)) / 2 for integer arrays num >= 0 and an int den > 0.
 
@@ -127,15 +133,15 @@ def _cos01(num, den):
   """
   n = jnp.remainder(num, 2 * den)
   n = jnp.where(n > den, 2 * den - n, n)
-  half_angle = jnp.float32(math.pi / (2 * den))
-  cos_form = jnp.cos(n.astype(jnp.float32) * half_angle) ** 2
-  sin_form = jnp.sin((den - n).astype(jnp.float32) * half_angle) ** 2
+  half_angle = _real()(math.pi / (2 * den))
+  cos_form = jnp.cos(n.astype(_real()) * half_angle) ** 2
+  sin_form = jnp.sin((den - n).astype(_real()) * half_angle) ** 2
   return jnp.where(2 * n <= den, cos_form, sin_form)
 
 
 def _standard(k, last):
   """Factor of the reference's 'standard' schedule at alpha = k / last."""
-  ramp = (179 * last - 198 * k).astype(jnp.float32) / jnp.float32(80 * last)
+  ramp = (179 * last - 198 * k).astype(_real()) / _real()(80 * last)
   return jnp.where(2 * k <= last, 1.0, jnp.where(10 * k <= 9 * last, ramp, 0.01))
 
 
@@ -143,8 +149,8 @@ def _cyclic_factor(j, period):
   """torch CyclicLR triangular scale factor in [0, 1] at batch j of the cycles."""
   up = period // 2
   r = jnp.remainder(j, period)
-  rising = r.astype(jnp.float32) / jnp.float32(max(up, 1))
-  falling = (period - r).astype(jnp.float32) / jnp.float32(period - up)
+  rising = r.astype(_real()) / _real()(max(up, 1))
+  falling = (period - r).astype(_real()) / _real()(period - up)
   return jnp.where(r <= up, rising, falling)
 
 
@@ -173,10 +179,10 @@ def create_learning_rate_fn(config, steps_per_epoch):
     after = lr * _cos01(jnp.maximum(e - warmup, 0), epochs - warmup)
     if warmup == 0:
       return after
-    e32 = e.astype(jnp.float32)
+    e32 = e.astype(_real())
     during = {
         'warmup': warmup_lr * (e32 + 1) / warmup,
-        'constant': jnp.full(e.shape, warmup_lr, jnp.float32),
+        'constant': jnp.full(e.shape, warmup_lr, _real()),
         'linear': ((warmup - e32) * warmup_lr + e32 * lr) / warmup,
     }[kind]
     return jnp.where(e < warmup, during, after)
@@ -194,7 +200,7 @@ def create_learning_rate_fn(config, steps_per_epoch):
       w = int(config.fge_warmup_epochs)
       after = fge_lr * _cos01(jnp.maximum(c - w, 0), fge_epochs - w)
       if w > 0:
-        ramp = fge_lr * (c + 1).astype(jnp.float32) / w
+        ramp = fge_lr * (c + 1).astype(_real()) / w
         during = ramp if name == 'cosine+warmup_cosine' else jnp.full(c.shape, fge_lr)
         after = jnp.where(c < w, during, after)
     return jnp.where(e < epochs, first_model, after)
@@ -203,11 +209,11 @@ def create_learning_rate_fn(config, steps_per_epoch):
     s = _as_step(step)
     e = s // spe
     if name == 'constant':
-      out = jnp.full(s.shape, lr, jnp.float32)
+      out = jnp.full(s.shape, lr, _real())
     elif name == 'standard':
       out = lr * _standard(e, epochs)
     elif name == 'warmup_standard':
-      ramp = lr * (e + 1).astype(jnp.float32) / max(warmup, 1)
+      ramp = lr * (e + 1).astype(_real()) / max(warmup, 1)
       out = jnp.where(e < warmup, ramp,
                       lr * _standard(jnp.maximum(e - warmup, 0), epochs - warmup))
     elif name == 'cosine':
@@ -224,7 +230,7 @@ def create_learning_rate_fn(config, steps_per_epoch):
       out = cycles(e, s, warmup_then_cosine(e, 'linear'))
     else:  # cosine+fge, cosine+warmup_cosine, cosine+constant_cosine
       out = cycles(e, s, lr * _cos01(e, epochs))
-    return out.astype(jnp.float32)
+    return out.astype(_real())
 
   return fn
 
@@ -245,14 +251,14 @@ def create_momentum_fn(config, steps_per_epoch):
       raise ValueError(f'unknown optimizer {config.optimizer!r}; valid: '
                        f'{", ".join(optim.OPTIMIZERS)}')
     value = float(config.momentum) if opt_name == 'sgd' else optim.ADAMW_BETAS[0]
-    return lambda step: jnp.full(_as_step(step).shape, value, jnp.float32)
+    return lambda step: jnp.full(_as_step(step).shape, value, _real())
   start, period = int(config.epochs) * spe, int(config.fge_epochs) * spe
 
   def fn(step):
     s = _as_step(step)
     cyc = _MAX_MOMENTUM - (_MAX_MOMENTUM - _BASE_MOMENTUM) * _cyclic_factor(
         jnp.maximum(s - start, 0), period)
-    return jnp.where(s < start, jnp.float32(_MAX_MOMENTUM), cyc).astype(jnp.float32)
+    return jnp.where(s < start, _real()(_MAX_MOMENTUM), cyc).astype(_real())
 
   return fn
 

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from configs import base
+from enstransfer_jax.analysis import evaluate
 from enstransfer_jax.training import resume
 from enstransfer_jax.training import step as step_lib
 
@@ -75,8 +76,7 @@ def stacked_state(variables, tx, terms, steps, members, config=None, steps_per_e
   from enstransfer_jax import schedules  # pylint: disable=g-import-not-at-top
   config = config or tiny_config(scheduler='constant', num_fge=1, lr=0.1)
   table = schedules.step_tables(config, steps_per_epoch)
-  stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
-                                   *variables)
+  stacked = evaluate.stack(variables)
   return step_lib.make_init_state(tx, terms)(stacked, np.asarray(steps, np.int32),
                                              np.asarray(members, np.int32), table)
 

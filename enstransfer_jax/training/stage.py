@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from enstransfer_jax import metrics, optim
+from enstransfer_jax.analysis import evaluate
 from enstransfer_jax.data import batches
 from enstransfer_jax.models import resnet
 from enstransfer_jax.training import config_check, mesh, plan as plan_lib, resume
@@ -69,7 +70,9 @@ class _Aux:
 def _start_state(run, stage, terms, tx, placement):
   """The stacked start state of the stage, built on the devices by one jitted program."""
   inits = [run.starts.initial(m) for m in stage]
-  stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *inits)
+  stacked = evaluate.stack(inits)
+  if np.dtype(getattr(run.model, 'dtype', np.float32)) == np.float64:  # a float64 run (x64)
+    stacked = jax.tree_util.tree_map(lambda x: x.astype(np.float64), stacked)
   steps = np.asarray([m.epoch_offset * run.steps_per_epoch for m in stage], np.int32)
   ids = np.asarray([m.index for m in stage], np.int32)
   key = ('init', len(stage), terms, tx.frozen, run.signature)

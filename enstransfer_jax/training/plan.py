@@ -64,10 +64,6 @@ def make_plan(config) -> List[Tuple[Member, ...]]:
   return [(m,) for m in members]
 
 
-def num_members(config) -> int:
-  return sum(len(stage) for stage in make_plan(config))
-
-
 def is_cycle(member: Member) -> bool:
   """Cycles 2..K of SSE/StarSSE: where freezing and the member-1 regulariser apply."""
   return member.init in ('previous', 'first')

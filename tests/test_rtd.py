@@ -13,6 +13,7 @@ from enstransfer_jax.losses import pairwise_distances
 from enstransfer_jax.losses import persistence_pairs
 from enstransfer_jax.losses import rtd
 from enstransfer_jax.losses import rtd_loss
+from tests import numeric
 
 
 def _clouds(n=12, d=5, seed=0, noise=0.4):
@@ -171,16 +172,8 @@ def test_rtd_gradient_matches_central_differences(mode):
   with jax.enable_x64(True):
     f = jax.jit(lambda r, c: rtd_loss(r, c, mode=mode))
     grads = jax.grad(f, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(y))
-    eps = 1e-6
-    for which, g in ((0, grads[0]), (1, grads[1])):
-      fd = np.zeros_like(x)
-      for i in range(x.shape[0]):
-        for j in range(x.shape[1]):
-          args = [x.copy(), y.copy()]
-          args[which][i, j] += eps
-          plus = float(f(*args))
-          args[which][i, j] -= 2 * eps
-          fd[i, j] = (plus - float(f(*args))) / (2 * eps)
+    for which, g in enumerate(grads):
+      fd = numeric.central_differences(f, [x, y], which)
       assert np.abs(fd).max() > 1e-3
       np.testing.assert_allclose(g, fd, rtol=1e-4, atol=1e-6)
 

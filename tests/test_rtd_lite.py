@@ -14,6 +14,7 @@ from enstransfer_jax.losses import mst_mask
 from enstransfer_jax.losses import mst_weight
 from enstransfer_jax.losses import rtd_lite_loss
 from enstransfer_jax.losses import rtd_loss
+from tests import numeric
 
 
 def _scipy_mst(dm):
@@ -154,16 +155,8 @@ def test_gradient_matches_central_differences(normalize):
   with jax.enable_x64(True):
     f = jax.jit(lambda r, c: rtd_lite_loss(r, c, normalize=normalize))
     grads = jax.grad(f, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(y))
-    eps = 1e-6
     for which, g in enumerate(grads):
-      fd = np.zeros_like(x)
-      for i in range(x.shape[0]):
-        for j in range(x.shape[1]):
-          args = [x.copy(), y.copy()]
-          args[which][i, j] += eps
-          plus = float(f(*args))
-          args[which][i, j] -= 2 * eps
-          fd[i, j] = (plus - float(f(*args))) / (2 * eps)
+      fd = numeric.central_differences(f, [x, y], which)
       assert np.abs(fd).max() > 1e-2
       np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7)
 

@@ -8,7 +8,7 @@ layer1..layer4 (stride 1, 2, 2, 2; the stride of a bottleneck sits on its 3x3 co
 
   logits, features = model.apply(variables, x, train=False)
 
-x is NHWC float; features is a tuple of five float32 arrays: the NHWC outputs of
+x is NHWC float; features is a tuple of five float32 arrays (float64 for a float64 model): the NHWC outputs of
 layer1, layer2, layer3, layer4, then the pooled vector (N, 8 * width * expansion);
 index i is the reference's `fmap_betas[i]` map (flattened there per sample).
 With train=True the BatchNorms use batch statistics: call with
@@ -43,7 +43,7 @@ ARCHS = {
     'ResNet34': ('basic', (3, 4, 6, 3)),
     'ResNet50': ('bottleneck', (3, 4, 6, 3)),
 }
-_DTYPES = ('float32', 'bfloat16', 'float16')
+_DTYPES = ('float32', 'bfloat16', 'float16', 'float64')  # float64 needs jax_enable_x64
 
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -67,10 +67,15 @@ def canonical_name(name: str) -> str:
   raise ValueError(f'unknown model {name!r}; valid names: {valid}')
 
 
+def wide_dtype(dtype):
+  """dtype of parameters, statistics and outputs: float64 for a float64 model, else float32."""
+  return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
 def _conv(features, kernel, stride, pad, dtype, name):
   return nn.Conv(features, (kernel, kernel), (stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=conv_kernel_init, name=name)
+                 param_dtype=wide_dtype(dtype), kernel_init=conv_kernel_init, name=name)
 
 
 class Downsample(nn.Module):
@@ -147,14 +152,15 @@ class ResNet(nn.Module):
   stage_sizes: Sequence[int]
   num_classes: int
   width: int = 64
-  dtype: Any = jnp.float32  # compute dtype; params and batch stats stay float32
+  dtype: Any = jnp.float32  # compute dtype; params and batch stats stay float32 (float64 if it is)
   arch: str = ''  # canonical name, for checkpoints and logs
 
   @nn.compact
   def __call__(self, x, train: bool = False,
                stop_gradient_after: Optional[str] = None,
                frozen_bn: Tuple[str, ...] = (), mask=None):
-    """Returns (logits, (layer1, layer2, layer3, layer4, pooled)), all float32.
+    """Returns (logits, (layer1, layer2, layer3, layer4, pooled)), all float32 (float64
+    for a float64 model).
 
     stop_gradient_after: apply lax.stop_gradient to that module's output, so no
       gradient reaches the parameters below it (static; one of MODULE_NAMES).
@@ -180,30 +186,35 @@ class ResNet(nn.Module):
       layer = ResLayer(self.block, self.width * 2**i, size, 1 if i == 0 else 2,
                        self.dtype, name=name)
       x = cut(name, layer(x, frozen(name), mask))
-      features.append(x.astype(jnp.float32))
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+      features.append(x.astype(wide_dtype(self.dtype)))
+    pooled = jnp.mean(x.astype(wide_dtype(self.dtype)), axis=(1, 2))
     features.append(pooled)
-    fc = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+    fc = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=wide_dtype(self.dtype),
                   kernel_init=torch_linear_init(pooled.shape[-1]),
                   bias_init=torch_linear_init(pooled.shape[-1]), name='fc')
-    logits = cut('fc', fc(pooled.astype(self.dtype))).astype(jnp.float32)
+    logits = cut('fc', fc(pooled.astype(self.dtype))).astype(wide_dtype(self.dtype))
     return logits, tuple(features)
+
+
+def check_module_args(names, stop_gradient_after, frozen_bn):
+  """One-line errors for a stop_gradient_after / frozen_bn that names no module of `names`."""
+  if stop_gradient_after is not None and stop_gradient_after not in names:
+    raise ValueError(f'stop_gradient_after={stop_gradient_after!r} is not a module '
+                     f'name; use one of {", ".join(names)} or None')
+  if isinstance(frozen_bn, str):
+    raise ValueError(f'frozen_bn must be a tuple of module names, got the string '
+                     f'{frozen_bn!r}; write ({frozen_bn!r},)')
+  bad = [n for n in frozen_bn if n not in names]
+  if bad:
+    raise ValueError(f'frozen_bn has unknown module name(s) {bad}; use names from '
+                     f'{", ".join(names)}')
 
 
 def _check_call(x, stop_gradient_after, frozen_bn):
   if x.ndim != 4 or x.shape[-1] != 3:
     raise ValueError(f'expected NHWC images of shape (N, H, W, 3), got {x.shape}; '
                      'transpose NCHW batches with x.transpose(0, 2, 3, 1)')
-  if stop_gradient_after is not None and stop_gradient_after not in MODULE_NAMES:
-    raise ValueError(f'stop_gradient_after={stop_gradient_after!r} is not a module '
-                     f'name; use one of {", ".join(MODULE_NAMES)} or None')
-  if isinstance(frozen_bn, str):
-    raise ValueError(f'frozen_bn must be a tuple of module names, got the string '
-                     f'{frozen_bn!r}; write ({frozen_bn!r},)')
-  bad = [n for n in frozen_bn if n not in MODULE_NAMES]
-  if bad:
-    raise ValueError(f'frozen_bn has unknown module name(s) {bad}; use names from '
-                     f'{", ".join(MODULE_NAMES)}')
+  check_module_args(MODULE_NAMES, stop_gradient_after, frozen_bn)
 
 
 def create_model(name: str, num_classes: int, *, width: int = 64,
@@ -220,6 +231,9 @@ def create_model(name: str, num_classes: int, *, width: int = 64,
     dt = None
   if dt is None or dt.name not in _DTYPES:
     raise ValueError(f'dtype must be one of {", ".join(_DTYPES)}, got {dtype!r}')
+  if dt == jnp.float64 and not jax.config.jax_enable_x64:
+    raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) "
+                     'before any JAX computation')
   block, stages = ARCHS[arch]
   return ResNet(block=block, stage_sizes=stages, num_classes=num_classes,
                 width=width, dtype=dt, arch=arch)

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from enstransfer_jax.models import resnet
 from enstransfer_jax.models.resnet import torch_linear_init
 
 DROPOUT_RNG = 'dropout'  # rng stream of drop path (train=True)
@@ -341,17 +342,7 @@ class SwinTransformer(nn.Module):
       raise ValueError(f'this Swin takes {size}x{size} images, got {x.shape[1]}x'
                        f'{x.shape[2]}; resize them or create the model with '
                        f'image_size={x.shape[1]}')
-    names = self.module_names()
-    if stop_gradient_after is not None and stop_gradient_after not in names:
-      raise ValueError(f'stop_gradient_after={stop_gradient_after!r} is not a module '
-                       f'name; use one of {", ".join(names)} or None')
-    if isinstance(frozen_bn, str):
-      raise ValueError(f'frozen_bn must be a tuple of module names, got the string '
-                       f'{frozen_bn!r}; write ({frozen_bn!r},)')
-    bad = [n for n in frozen_bn if n not in names]
-    if bad:
-      raise ValueError(f'frozen_bn has unknown module name(s) {bad}; use names from '
-                       f'{", ".join(names)}')
+    resnet.check_module_args(self.module_names(), stop_gradient_after, frozen_bn)
 
 
 def check_spec(spec: SwinSpec):

@@ -11,8 +11,8 @@ UNBIASED variance in its running average, flax.linen.BatchNorm the biased one, s
 the two drift apart. Eval mode normalises with the running statistics. With `mask` (float [N], 1 for a real
 sample, 0 for padding) the batch statistics are those of the real samples only, so a
 padded last batch normalises and updates exactly as the unpadded one would. Statistics
-and normalisation are computed in float32 whatever the compute dtype; the output
-is cast to `dtype`. Means over the batch axis are taken with jnp.mean, so under
+and normalisation are computed in float32 whatever the compute dtype (float64 when
+`dtype` is float64); the output is cast to `dtype`. Means over the batch axis are taken with jnp.mean, so under
 jax.jit with a batch sharded over devices they are global (no axis_name needed).
 
 Variables: params 'scale' (torch 'weight', init 1) and 'bias' (init 0);
@@ -35,7 +35,7 @@ class BatchNorm(nn.Module):
   @nn.compact
   def __call__(self, x, use_running_average: bool, mask=None):
     features = x.shape[-1]
-    f32 = jnp.float32
+    f32 = jnp.float64 if jnp.dtype(self.dtype) == jnp.float64 else jnp.float32
     scale = self.param('scale', nn.initializers.ones, (features,), f32)
     bias = self.param('bias', nn.initializers.zeros, (features,), f32)
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), f32)

@@ -4,17 +4,21 @@
 then feeds fixed-shape batches to the compiled step (built once per distinct
 (terms, members, frozen set) and reused by later stages), logs every `log_every_steps`
 steps, checks for NaN there and at every epoch's end, evaluates on the test set every
-`valid_freq` epochs and at the end, and saves progress checkpoints. Between two steps the
-host only gathers images and copies them to the devices: no eager device work.
+`valid_freq` epochs and at the end, and saves progress checkpoints (and, with
+`save_all_models`, the members at every epoch that ends none of them). Between two steps the
+host only gathers images (or takes the next batch of crops from data/host_pipeline.py) and
+copies them to the devices: no eager device work.
 """
+
+import os
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from enstransfer_jax import metrics, optim
+from enstransfer_jax import checkpoints, metrics, optim
 from enstransfer_jax.analysis import evaluate
-from enstransfer_jax.data import batches
+from enstransfer_jax.data import augment, batches, host_pipeline
 from enstransfer_jax.models import resnet
 from enstransfer_jax.training import config_check, mesh, plan as plan_lib, resume
 from enstransfer_jax.training import step as step_lib
@@ -83,9 +87,15 @@ def _start_state(run, stage, terms, tx, placement):
 
 
 def _train_step(run, stage, terms, tx):
-  key = ('train', len(stage), terms, tx.frozen, run.signature)
+  host_crops = run.data.train_encoded is not None
+  key = ('train', len(stage), terms, tx.frozen, run.signature, host_crops)
   if key not in run.programs:
-    run.programs[key] = step_lib.make_train_step(run.model, tx, run.config, terms)
+    config = run.config
+    if host_crops:  # the crops come cut from the host: the step flips and normalises
+      config = config.copy_and_resolve_references()
+      with config.unlocked():
+        config.transform_name = augment.HOST_CROP
+    run.programs[key] = step_lib.make_train_step(run.model, tx, config, terms)
   return run.programs[key]
 
 
@@ -134,17 +144,21 @@ def train_stage(run, s, stage, position=None, previous_stage=None):
   aux = _Aux(run, terms, stage[0], placement)
   n, size = len(run.data.train_labels), c.batch_size
   slices = batches.batch_slices(n, size)
+  feed = None if run.data.train_encoded is None else host_pipeline.HostCrops(
+      run.data.train_encoded, c.image_size, c.interpolation, workers=c.data_workers)
   probs = None
   for epoch in range(done_epochs + 1, stage[0].epochs + 1):
     orders = [batches.epoch_order(c.seed, m.index, epoch, n) for m in stage]
     first = done_batches if epoch == done_epochs + 1 else 0
+    crops = feed and feed.epoch(c.seed, [m.index for m in stage], epoch, orders, size, first)
     bar = tqdm(total=len(slices), desc=f'member {names} epoch {epoch}/{stage[0].epochs}',
                initial=first, disable=not (c.progress and mesh.is_writer()), leave=False,
                dynamic_ncols=True)
     for b in range(first, len(slices)):
       lo, hi = slices[b]
       idx, mask = batches.padded_indices(orders, lo, hi, size)
-      batch = placement.batch({'images': run.data.train_images[idx],
+      images = next(crops) if feed else run.data.train_images[idx]
+      batch = placement.batch({'images': images,
                                'labels': run.data.train_labels[idx].astype(np.int32),
                                'mask': mask, 'new_epoch': np.full((k,), b == 0)})
       local_step = (epoch - 1) * run.steps_per_epoch + b
@@ -160,6 +174,8 @@ def train_stage(run, s, stage, position=None, previous_stage=None):
           raise resume.Interrupted(f'member {names}, epoch {epoch}, batch {b + 1}')
     bar.close()
     probs = _end_epoch(run, stage, epoch, state)
+    if c.save_all_models and epoch < stage[0].epochs:
+      _save_all_models(run, stage, epoch, state)
     if epoch < stage[0].epochs:
       run.save_progress(state, s, epoch, 0)
       if run.progress.stop_requested:
@@ -198,6 +214,27 @@ def _end_epoch(run, stage, epoch, state):
   print(f'  epoch {epoch}: train loss {np.mean(means["loss"]):.4f}, test acc '
         + ', '.join(f'{100 * score(p, run.data.test_labels):.2f}%' for p in probs), flush=True)
   return probs
+
+
+def all_models_dir(workdir, member, global_epoch):
+  """save_all_models: member `member` at the end of global epoch `global_epoch` (1-based, the
+  schedule's epoch, as the reference's <name>_N=<member>_ep=<epoch>.pt)."""
+  return os.path.join(workdir, 'all_models', str(member), f'epoch_{global_epoch}')
+
+
+def _save_all_models(run, stage, epoch, state):
+  """Each member of the stage after an epoch that does not end it (readable by
+  enstransfer_jax.load_pretrained; the members' final epochs are in members/<i>)."""
+  host = mesh.to_host(state.variables())
+  if not mesh.is_writer():
+    return
+  for j, m in enumerate(stage):
+    path = all_models_dir(run.workdir, m.index, m.epoch_offset + epoch)
+    with wd.disk_errors(path):
+      checkpoints.save_converted(
+          path, jax.tree_util.tree_map(lambda x, j=j: x[j], host),
+          {'arch': run.arch, 'num_classes': run.data.num_classes, 'member': m.index,
+           'epoch': m.epoch_offset + epoch, 'source': run.workdir}, force=True)
 
 
 def _finish_stage(run, s, stage, state, probs):

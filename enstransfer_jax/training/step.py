@@ -19,7 +19,15 @@ BatchNorm statistics). The learning rate and momentum are the schedules' values 
 (the quickstart's pre-training and fine-tuning) share one compiled step. The loss is the cross-entropy plus the active terms
 (SPEC section 4); which terms are active is static (a `Terms` value), so one program serves
 every stage with the same terms, number of members and frozen set.
-Random streams: augmentation draws from (seed, 'augment', member, step).
+Random streams: augmentation draws from (seed, 'augment', member, step) (Mixup / CutMix
+from the same key folded with mixup.MIX_FOLD), a Swin's drop path from (seed, 'dropout',
+member, step), one key per micro-batch.
+
+Targets: integer labels and the cross-entropy as before, unless config.label_smoothing > 0
+or config.aug.mixup / config.aug.cutmix > 0: then soft targets (data/mixup.py: smoothed
+one-hot, mixed as timm's batch-mode Mixup / CutMix over the real samples of the batch) and
+the soft-target cross-entropy -sum(t log softmax); accuracy and prev-CE use the original
+labels (the reference takes the argmax of the mixed targets for its accuracy).
 """
 
 import dataclasses
@@ -31,7 +39,8 @@ import jax
 import jax.numpy as jnp
 
 from enstransfer_jax import losses, optim
-from enstransfer_jax.data import augment
+from enstransfer_jax.data import augment, mixup
+from enstransfer_jax.models import swin
 from enstransfer_jax.training import streams
 
 RTD_TIME = 'rtd_host_seconds'  # a metric that is not part of the loss
@@ -76,10 +85,12 @@ class Terms:
 
 
 def init_state(variables, opt_state, step, member, terms, schedule):
-  """A TrainState of one member (stack them for a stage); the metric sums start at 0."""
+  """A TrainState of one member (stack them for a stage); the metric sums start at 0 (in
+  float64 for float64 parameters, else float32)."""
+  wide = jnp.result_type(jnp.float32, *jax.tree_util.tree_leaves(variables['params']))
   return TrainState(variables['params'], variables['batch_stats'], opt_state,
                     jnp.asarray(step, jnp.int32), jnp.asarray(member, jnp.int32),
-                    {k: jnp.zeros([], jnp.float32) for k in terms.metric_names() + ('count',)},
+                    {k: jnp.zeros([], wide) for k in terms.metric_names() + ('count',)},
                     schedule)
 
 
@@ -111,11 +122,18 @@ def _fmap_loss(terms, reg, cur, mask):
 def _member_loss(model, terms, params, batch_stats, x, labels, mask, weight, aux):
   """`weight` x (masked-mean CE + terms) of one (micro-)batch, and its parts."""
   variables = {'params': params, 'batch_stats': batch_stats}
+  extra, targets = {}, None
+  if isinstance(labels, dict):  # {'labels', 'targets' (soft), 'dropout' (a key per row)}
+    extra = {'rngs': {swin.DROPOUT_RNG: labels['dropout'][0]}} if 'dropout' in labels else {}
+    labels, targets = labels['labels'], labels.get('targets')
   (logits, feats), new_state = model.apply(
       variables, x, train=True, mutable=['batch_stats'], mask=mask,
-      stop_gradient_after=terms.stop_gradient_after, frozen_bn=terms.frozen_bn)
+      stop_gradient_after=terms.stop_gradient_after, frozen_bn=terms.frozen_bn, **extra)
   real = jnp.maximum(jnp.sum(mask), 1.0)
-  ce = losses.per_sample_cross_entropy(logits, labels)
+  if targets is None:
+    ce = losses.per_sample_cross_entropy(logits, labels)
+  else:
+    ce = -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32), -1), -1)
   parts = {'ce': jnp.sum(ce * mask) / real}
   if terms.fmap_betas:
     _, reg_feats = model.apply(aux['reg'], x, train=False)
@@ -143,6 +161,14 @@ def make_train_step(model, tx, config, terms: Terms):
   aug = functools.partial(augment.train_transform, transform=config.transform_name,
                           image_size=config.image_size, interpolation=config.interpolation)
   aug_key = streams.key(config.seed, 'augment')
+  drop_key = (streams.key(config.seed, 'dropout')
+              if isinstance(model, swin.SwinTransformer) else None)
+  a = config.get('aug', {})
+  mix = dict(smoothing=float(config.get('label_smoothing', 0.0)),
+             mixup_alpha=float(a.get('mixup', 0.0)), cutmix_alpha=float(a.get('cutmix', 0.0)),
+             prob=float(a.get('mixup_prob', 1.0)),
+             switch_prob=float(a.get('mixup_switch_prob', 0.5)))
+  soft = mix['smoothing'] > 0 or mix['mixup_alpha'] > 0 or mix['cutmix_alpha'] > 0
   grad_fn = jax.grad(functools.partial(_member_loss, model, terms), has_aux=True)
   n_micro = int(config.grad_accum_steps)
 
@@ -166,14 +192,25 @@ def make_train_step(model, tx, config, terms: Terms):
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
     (grads, stats), parts = jax.lax.scan(body, (zeros, state.batch_stats),
-                                         (split(x), split(labels), split(mask)))
+                                         (split(x), jax.tree_util.tree_map(split, labels),
+                                          split(mask)))
     return grads, {k: v.sum() for k, v in parts.items()}, stats
 
   def one(state, batch, aux):
     key = jax.random.fold_in(jax.random.fold_in(aug_key, state.member), state.step)
     x = aug(key, batch['images'])
     mask = batch['mask']
-    grads, parts, batch_stats = gradients(state, x, batch['labels'], mask, aux)
+    labels = batch['labels']
+    if soft or drop_key is not None:
+      labels = {'labels': labels}
+      if soft:
+        x, labels['targets'] = mixup.mix(jax.random.fold_in(key, mixup.MIX_FOLD), x,
+                                         batch['labels'], mask, model.num_classes, **mix)
+      if drop_key is not None:  # one key per micro-batch: row 0 of its slice
+        k = jax.random.fold_in(jax.random.fold_in(drop_key, state.member), state.step)
+        keys = jax.random.split(k, n_micro)
+        labels['dropout'] = jnp.repeat(keys, mask.shape[0] // n_micro, axis=0)
+    grads, parts, batch_stats = gradients(state, x, labels, mask, aux)
     lr = state.schedule['lr'][state.step]
     params, opt_state = optim.step(tx, state.opt_state, grads, state.params, learning_rate=lr,
                                    momentum=state.schedule['momentum'][state.step])

@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
-# One command for the GPU box: installs the wheels carried in .whl/ (ml_collections, giotto-ph:
-# the box lacks them), prints the machine and library versions, then runs bench/gpu_bench.py.
-#   bash bench/gpu.sh [gpu_bench.py arguments, e.g. --tiny or --rows b,f]
-# A failed wheel install only warns: the bench itself says which import is missing.
+# The GPU benchmark in one command: prints the machine and library versions, then runs
+# bench/gpu_bench.py and keeps its table and log in one folder.
+#   bash bench/gpu.sh --out DIR [gpu_bench.py arguments, e.g. --rows b,f or --tiny]
+# DIR (default bench/out) receives gpu_bench.json and gpu_bench.log. Wheels found in .whl/
+# (for machines without network access to PyPI, e.g. ml_collections and giotto-ph) are
+# installed into /tmp/site first; a failed install only warns: the bench itself says which
+# import is missing.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+
+out=bench/out
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    --out) out="${args[i + 1]:-bench/out}" ;;
+    --out=*) out="${args[i]#--out=}" ;;
+  esac
+done
+mkdir -p "$out" || exit 1
 
 if compgen -G '.whl/*.whl' > /dev/null; then
   if python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -16,8 +29,9 @@ if compgen -G '.whl/*.whl' > /dev/null; then
   fi
 fi
 
-nvidia-smi -L 2>/dev/null || echo 'gpu.sh: no nvidia-smi here'
-python3 - <<'EOF'
+{
+  nvidia-smi -L 2>/dev/null || echo 'gpu.sh: no nvidia-smi here'
+  python3 - <<'PY'
 import importlib
 import sys
 print('python', sys.version.split()[0])
@@ -28,6 +42,7 @@ for name in ('jax', 'jaxlib', 'flax', 'optax', 'torch', 'torchvision', 'ml_colle
     print(f'{name:<15} MISSING ({err})')
 import jax
 print('jax.devices()', jax.devices())
-EOF
-
-timeout 270 python3 bench/gpu_bench.py "$@"
+PY
+  python3 bench/gpu_bench.py "$@" --out "$out"
+} 2>&1 | tee "$out/gpu_bench.log"
+exit "${PIPESTATUS[0]}"

@@ -1,6 +1,6 @@
 """GPU benchmark of the JAX training engine against the PyTorch reference, in one short run.
 
-  bash bench/gpu.sh                   # on the GPU box: installs .whl/, prints versions, runs this
+  bash bench/gpu.sh --out DIR         # on a GPU machine: prints versions, runs this, writes DIR
   python bench/gpu_bench.py --tiny    # CPU smoke run: ResNet18 width 8, 32 px, batch 8, 2 steps
                                       # (torch on a CPU runs single-threaded)
 
@@ -26,10 +26,11 @@ Rows; images/s is the median over the timed steps (after warm-up, each step bloc
 Timing plan: each framework runs in a child process, torch first, then JAX (with
 XLA_PYTHON_CLIENT_PREALLOCATE=false). The JAX child lowers every row, then compiles and times the
 rows one at a time (--compile parallel: all compiles at once in threads first) in the order c, b, a, d,
-e, nothing else running. The parent stops a child at --budget-s and still prints what finished.
+e, nothing else running. The parent stops a child at the --budget-s time limit (seconds since
+start) and still prints what finished.
 No XLA flags are set on the GPU (--tiny lowers XLA's CPU optimisation level: compile time only).
-Progress lines carry timestamps; the table goes to $OUT/gpu_bench.json (else
-bench/out/gpu_bench.json) after every row.
+Progress lines carry timestamps; the table goes to DIR/gpu_bench.json (--out DIR, default
+bench/out) after every row.
 
 Memory: torch rows report torch.cuda.max_memory_allocated, reset per row. JAX cannot reset its
 counter: 'peak' is device.memory_stats()['peak_bytes_in_use'] of the JAX process after the row,
@@ -442,7 +443,7 @@ def _run_child(part, rows, args, deadline, on_record):
              GPU_BENCH_T0=repr(_T0))
   if args.tiny and part == 'jax':  # a smoke run: halve XLA's CPU compile time
     env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
-  # Same process group as this one: `timeout` in gpu.sh signals the children too.
+  # Same process group as this one: a signal to the group (timeout, Ctrl-C) reaches the children too.
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=env, cwd=ROOT)
   lines = queue.Queue()
@@ -455,7 +456,7 @@ def _run_child(part, rows, args, deadline, on_record):
   while True:
     left = deadline - time.time()
     if left <= 0:
-      log(f'time budget (--budget-s {args.budget_s}) spent: stopping the {part} child')
+      log(f'time limit (--budget-s {args.budget_s}) reached: stopping the {part} child')
       proc.kill()
       proc.wait()
       return
@@ -483,7 +484,10 @@ def _parse(argv):
   p.add_argument('--rtd-steps', type=int, default=2)
   p.add_argument('--members', type=int, default=4, help='K of row d')
   p.add_argument('--batch', type=int, default=0, help='batch per member (0: 256; --tiny 8)')
-  p.add_argument('--budget-s', type=float, default=250.0, help='stop children after this')
+  p.add_argument('--budget-s', type=float, default=250.0,
+                 help='time limit in seconds: stop the children after this and print what finished')
+  p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'),
+                 help='folder for gpu_bench.json (default bench/out)')
   p.add_argument('--torch-cudnn', choices=('reference', 'benchmark'), default='reference')
   p.add_argument('--cache-dir', default='', help='JAX compilation cache dir (default: none)')
   p.add_argument('--compile', choices=('parallel', 'serial'), default='serial',
@@ -511,7 +515,7 @@ def main(argv=None):
   if args.child:
     (run_jax if args.child == 'jax' else run_torch)(args, args.rows)
     return
-  out_dir = os.environ.get('OUT') or os.path.join(ROOT, 'bench', 'out')
+  out_dir = args.out
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, 'gpu_bench.json')
   result = {'meta': {'argv': sys.argv[1:], 'sizes': sizes(args), 'warmup': args.warmup,
@@ -542,7 +546,7 @@ def main(argv=None):
   missing = [r for r in args.rows if r not in result['rows']]
   print(table(result), flush=True)
   if missing:
-    print(f'not run (time budget or a crash above): {",".join(missing)}', flush=True)
+    print(f'not run (--budget-s time limit or a crash above): {",".join(missing)}', flush=True)
   log(f'wrote {path}')
 
 

@@ -6,6 +6,8 @@
   key(seed, 'head', member)     the new `num_classes` head of a member started from a
                                 pre-trained checkpoint with another head
   key(seed, 'augment')          the augmentation; the step folds in (member, step)
+  key(seed, 'dropout')          a Swin's drop path; the step folds in (member, step) and
+                                splits one key per micro-batch
 Data order is numpy's default_rng([seed, member, epoch]) (data/batches.py) and the earlier
 member drawn for WO / prev-CE is default_rng([seed, member, step]): both host-side streams
 of their own.
@@ -14,7 +16,7 @@ of their own.
 import jax
 import numpy as np
 
-_STREAMS = {'init': 1, 'head': 2, 'augment': 3}
+_STREAMS = {'init': 1, 'head': 2, 'augment': 3, 'dropout': 4}
 
 
 def key(seed, stream, *indices):

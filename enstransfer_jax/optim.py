@@ -25,6 +25,18 @@ restarting the schedule. Frozen leaves (trainable_mask False) get a zero update 
 weight decay, and the rule keeps no state for them, as torch skips parameters without a
 gradient. A leaf thawed after being frozen starts with an empty state (torch keeps its old
 buffer); the engine never thaws a module within a stage.
+
+Swin (the reference's utils/optimizers.py, for either optimizer): `rule` gets
+`add_decayed_weights(wd, mask=decay_mask)` with no decay on 1-d leaves (norms, biases),
+`absolute_pos_embed` and `relative_position_bias_table`; with `config.simmim` it ends
+with `scale_by_tree(layer_scales)`, the layer-wise learning-rate decay
+layer_decay ** (sum(depths) + 1 - layer_id) over sum(depths) + 2 groups (patch_embed 0,
+block j of stage i sum(depths[:i]) + j + 1, stage i's patch merging sum(depths[:i + 1]),
+norm and head sum(depths) + 1); torch applies a group's lr to its decay as well, so the
+scale multiplies the whole update. `config.clip_grad` > 0 puts
+`optax.clip_by_global_norm(clip_grad)` first in `rule`: the norm covers the trainable
+leaves only, as torch's clip_grad_norm_ skips parameters without a gradient (torch
+scales by clip / (norm + 1e-6), optax by clip / norm: 1e-6 / norm apart).
 """
 
 import math
@@ -96,6 +108,68 @@ def scale_by_torch_adam(b1, b2, eps):
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+NO_DECAY_KEYWORDS = ('absolute_pos_embed', 'relative_position_bias_table')
+
+
+def _name(path):
+  """'layers.0.blocks.1.attn.qkv.kernel': the torch-like dotted name of a params path."""
+  return '.'.join(str(getattr(k, 'key', k)) for k in path)
+
+
+def decay_mask(params):
+  """True where Swin's AdamW decays a leaf: >= 2-d and not a position embedding/table."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: x.ndim > 1 and not any(k in _name(p) for k in NO_DECAY_KEYWORDS), params)
+
+
+def swin_depths(params):
+  """Blocks per stage, read from the params' 'layers.i' / 'blocks.j' names."""
+  depths = []
+  while f'layers.{len(depths)}' in params:
+    stage = params[f'layers.{len(depths)}']
+    depths.append(sum(1 for k in stage if str(k).startswith('blocks.')))
+  return tuple(depths)
+
+
+def swin_layer_id(name, depths):
+  """The reference's get_swin_layer for a dotted name, over sum(depths) + 2 groups."""
+  parts = name.split('.')
+  if parts[0] in ('patch_embed', 'mask_token'):
+    return 0
+  if parts[0] == 'layers':
+    stage = int(parts[1])
+    if parts[2] == 'downsample':
+      return sum(depths[:stage + 1])
+    return sum(depths[:stage]) + int(parts[3]) + 1
+  return sum(depths) + 1
+
+
+def layer_scales(params, layer_decay, depths):
+  """Per-leaf learning-rate scale layer_decay ** (sum(depths) + 1 - layer_id)."""
+  top = sum(depths) + 1
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: float(layer_decay) ** (top - swin_layer_id(_name(p), depths)), params)
+
+
+def scale_by_tree(scales_fn):
+  """Multiplies each update leaf by the constant scales_fn(updates) gives it (no state)."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda s, u: (u * s).astype(u.dtype), scales_fn(updates),
+                        updates), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def _swin(config):
+  from enstransfer_jax import models  # pylint: disable=g-import-not-at-top
+  try:
+    return models.is_swin(config.model)
+  except (ValueError, AttributeError):
+    return False
+
+
 def create_optimizer(config, trainable_mask=None):
   """The transformation named by config.optimizer (sgd | adamw), see the module docstring.
 
@@ -104,16 +178,26 @@ def create_optimizer(config, trainable_mask=None):
   """
   name, wd = _check(config)
   nesterov = bool(config.nesterov)
+  swin = _swin(config)
+  mask = decay_mask if swin else None
+  clip = float(config.get('clip_grad', 0.0) or 0.0)
+  simmim = swin and bool(config.get('simmim', False))
+  layer_decay = float(config.get('layer_decay', 1.0))
 
   def inner(learning_rate, momentum):
     if name == 'sgd':
-      rule = optax.chain(optax.add_decayed_weights(wd),
+      rule = optax.chain(optax.add_decayed_weights(wd, mask),
                          optax.trace(decay=momentum, nesterov=nesterov),
                          optax.scale_by_learning_rate(learning_rate))
     else:
       rule = optax.chain(scale_by_torch_adam(momentum, ADAMW_BETAS[1], ADAMW_EPS),
-                         optax.add_decayed_weights(wd),
+                         optax.add_decayed_weights(wd, mask),
                          optax.scale_by_learning_rate(learning_rate))
+    if clip > 0:
+      rule = optax.chain(optax.clip_by_global_norm(clip), rule)
+    if simmim:
+      rule = optax.chain(rule, scale_by_tree(
+          lambda u: layer_scales(u, layer_decay, swin_depths(u))))
     return optax.multi_transform({'trainable': rule, 'frozen': optax.set_to_zero()},
                                  lambda params: _labels(trainable_mask, params))
 

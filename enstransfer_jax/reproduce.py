@@ -1,0 +1,444 @@
+"""The thesis's comparison in one command: every method over several seeds, one table.
+
+  python -m enstransfer_jax.reproduce --task digits --seeds 5 [--methods sse starsse] [--out DIR]
+  python -m enstransfer_jax.reproduce --task cifar100 --ckpts byol-1 byol-2 [byol-3 ..] [--out DIR]
+
+digits: the embedded transfer task (configs/digits_task.py), CPU. Per seed, a ResNet-18 is
+  pre-trained once on digits 0-4 (<out>/pretrain/seed=S) and every method fine-tunes that
+  checkpoint on digits 5-9; seeds are 0..N-1.
+cifar100: the thesis's configs (configs/<method>.py) as the reference ran them: 2 pre-trained
+  checkpoints x 3 seeds (seeds 1-3 on the first checkpoint, 4-6 on the second; `--seeds` sets
+  the seeds per checkpoint); Global DE uses every checkpoint passed in each run.
+
+One work dir per run, <out>/<method>/seed=S (what main.py writes, plus wall_time.json: the
+seconds of the call that finished the run); a finished run is read back, not trained again, so
+the command resumes. Then <out>/table.md and <out>/table.csv hold, per method, the mean +- std
+over seeds (sample std, ddof 1) of the mean member accuracy, the ensemble accuracy with all
+members and with the first k = 1..K, NLL, diversity and wall time, and for every method against
+StarSSE the paired difference over seeds d_s = x_s(method) - x_s(StarSSE) of the ensemble
+accuracy, NLL and diversity: mean(d) +- t_{0.975, n-1} sd(d) / sqrt(n), the 95% t-interval.
+An interval that excludes 0 marks a resolved difference. For cifar100 the table also holds the
+thesis's Table 4.1 values (analysis/thesis.py).
+"""
+
+import argparse
+import ast
+import contextlib
+import csv
+import dataclasses
+import importlib
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, List, Optional
+
+import numpy as np
+
+REFERENCE = 'starsse'
+DIGITS_METHODS = ('single', 'local_de', 'sse', 'starsse', 'sse_rtd', 'sse_rtd_lite', 'sse_mse',
+                  'starsse_mse', 'starsse_wo', 'starsse_wo_grad', 'starsse_ce', 'freeze_starsse',
+                  'starsse_lr2')
+CIFAR_METHODS = ('single', 'local_de', 'global_de', 'sse', 'starsse', 'sse_rtd',
+                 'sse_rtd_lite', 'sse_mse', 'starsse_mse', 'starsse_wo', 'starsse_wo_grad',
+                 'starsse_ce', 'freeze_starsse')
+CIFAR_CHECKPOINTS = 2  # the thesis's runs: 2 checkpoints x 3 seeds
+WALL_TIME = 'wall_time.json'
+# Paired differences against the reference method: (column, summary value, percent?).
+PAIRED = (('ensemble_acc', True), ('ensemble_nll', False), ('diversity', False))
+
+
+@dataclasses.dataclass
+class Job:
+  """One run: a method's config for one seed, in its own work dir."""
+  method: str
+  seed: int
+  config: Any
+  workdir: str
+  log: str  # the run's stdout goes here
+
+
+def _import_configs():
+  """The configs package (repository root), also when run from another directory."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  return importlib.import_module('configs')
+
+
+def _quiet(config):
+  """The run's own progress bars off: the command draws one bar over all runs."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.progress = False
+  return config
+
+
+def _job(out, method, seed, config):
+  return Job(method, seed, _quiet(config), os.path.join(out, method, f'seed={seed}'),
+             os.path.join(out, 'logs', f'{method}_seed={seed}.log'))
+
+
+def parse_overrides(items):
+  """['width=4', 'pretrain.epochs=1', "class_subset=(5, 6)"] -> {field: value} (Python
+  literals; anything else is a string)."""
+  out = {}
+  for item in items:
+    key, sep, text = item.partition('=')
+    if not sep or not key:
+      raise ValueError(f'--set {item!r} must be FIELD=VALUE, e.g. --set epochs=10')
+    try:
+      out[key] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      out[key] = text
+  return out
+
+
+def apply_overrides(config, overrides):
+  """Sets dotted fields of `config` in place; one line for a field the config does not have."""
+  for key, value in overrides.items():
+    node, path = config, key.split('.')
+    for part in path[:-1]:
+      if part not in node:
+        raise ValueError(f'--set {key}: the config has no field {part!r}')
+      node = node[part]
+    if path[-1] not in node:
+      raise ValueError(f'--set {key}: the config has no field {path[-1]!r} (see configs/base.py)')
+    node[path[-1]] = value
+  return config
+
+
+def digits_jobs(methods, seeds, out, overrides=None):
+  """Per seed: the shared pre-training (method 'pretrain'), then every method from it;
+  `overrides` ({dotted field: value}) change the task for every run."""
+  overrides = overrides or {}
+  _import_configs()
+  from configs import digits_task  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import experiment, workdir as wd  # pylint: disable=g-import-not-at-top
+  jobs = []
+  for seed in seeds:
+    base = apply_overrides(digits_task.get_config(REFERENCE), overrides)
+    base.seed = seed
+    pre = _job(out, 'pretrain', seed, experiment.pretrain_config(base))
+    jobs.append(pre)
+    for method in methods:
+      c = apply_overrides(digits_task.get_config(method), overrides)
+      c.seed = seed
+      c.pretrain.enabled = False
+      c.ckpt = wd.member_checkpoint(pre.workdir, 1)
+      jobs.append(_job(out, method, seed, c))
+  return jobs
+
+
+def cifar100_jobs(methods, ckpts, seeds_per_ckpt, out, data_dir='', overrides=None):
+  """The thesis's runs: seeds 1..n on ckpts[0], n+1..2n on ckpts[1]; Global DE on all ckpts."""
+  _import_configs()
+  if len(ckpts) < CIFAR_CHECKPOINTS:
+    raise ValueError(f'--task cifar100 needs at least {CIFAR_CHECKPOINTS} pre-trained '
+                     f'checkpoints in --ckpts (got {len(ckpts)}); convert them with '
+                     'convert_byol.py byol-1000ep-1.pt checkpoints/byol-1')
+  missing = [p for p in ckpts if not os.path.exists(p)]
+  if missing:
+    raise FileNotFoundError(f'pre-trained checkpoint {missing[0]} does not exist; convert the '
+                            'BYOL ones with convert_byol.py IN.pt OUT_DIR and pass the dirs '
+                            '(or the .pt files) to --ckpts')
+  jobs = []
+  for i, ckpt in enumerate(ckpts[:CIFAR_CHECKPOINTS]):
+    for j in range(seeds_per_ckpt):
+      seed = i * seeds_per_ckpt + j + 1
+      for method in methods:
+        c = apply_overrides(importlib.import_module(f'configs.{method}').get_config(),
+                            overrides or {})
+        c.seed = seed
+        c.data_dir = data_dir
+        if method == 'global_de':
+          c.ckpts = tuple(ckpts)
+        else:
+          c.ckpt = ckpt
+        jobs.append(_job(out, method, seed, c))
+  return jobs
+
+
+def check_inputs(jobs):
+  """Config errors, missing checkpoints and missing data, before anything trains (a
+  checkpoint that an earlier job of the list writes, the digits pre-training, is not checked)."""
+  from enstransfer_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import config_check  # pylint: disable=g-import-not-at-top
+  produced = [os.path.join(j.workdir, '') for j in jobs if j.method == 'pretrain']
+  seen = set()
+  for job in jobs:
+    config = config_check.resolve(job.config)
+    if any(str(config.ckpt).startswith(p) for p in produced):
+      config = config.copy_and_resolve_references()
+      with config.unlocked():
+        config.ckpt = ''
+    config_check.validate(config)
+    key = (config.dataset, config.data_dir)
+    if key not in seen:  # downloads it once where it can, else one line saying how
+      datasets.load_dataset(config)
+      seen.add(key)
+
+
+def run_job(job):
+  """The run's summary, training it unless its work dir already holds it finished."""
+  from enstransfer_jax.training import experiment, workdir as wd  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training.config_check import resolve  # pylint: disable=g-import-not-at-top
+  timing = os.path.join(job.workdir, WALL_TIME)
+  if experiment.check_workdir(resolve(job.config), job.workdir):
+    summary = wd.read_json(os.path.join(job.workdir, 'summary.json'))
+  else:
+    resumed = os.path.isdir(os.path.join(job.workdir, 'progress'))
+    os.makedirs(os.path.dirname(job.log), exist_ok=True)
+    start = time.time()
+    with open(job.log, 'a') as f, contextlib.redirect_stdout(f):
+      summary = experiment.run_experiment(job.config, job.workdir)
+    wd.write_json(timing, {'wall_seconds': time.time() - start, 'resumed': resumed})
+  summary = dict(summary, workdir=job.workdir)
+  if os.path.exists(timing):
+    summary['wall_seconds'] = wd.read_json(timing)['wall_seconds']
+  return summary
+
+
+def run_jobs(jobs, progress=True):
+  """Runs (or reads back) every job in order under one progress bar; {(method, seed): summary}."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  results = {}
+  bar = tqdm(total=len(jobs), desc='runs', disable=not progress, dynamic_ncols=True)
+  for job in jobs:
+    bar.set_postfix_str(f'{job.method} seed {job.seed}')
+    results[(job.method, job.seed)] = run_job(job)
+    bar.update(1)
+  bar.close()
+  return results
+
+
+# --- the table ---------------------------------------------------------------------------
+
+
+def mean_std(values):
+  """(mean, sample std with ddof 1; nan for one value) of a list of numbers."""
+  v = np.asarray(values, np.float64)
+  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float('nan')
+
+
+def paired_interval(x, y, level=0.95):
+  """Mean of d = x - y over paired seeds and its two-sided t-interval (nan for n < 2)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  d = np.asarray(x, np.float64) - np.asarray(y, np.float64)
+  n = len(d)
+  mean = float(d.mean())
+  if n < 2:
+    return mean, float('nan'), float('nan')
+  half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+  return mean, mean - half, mean + half
+
+
+def run_values(summary):
+  """The per-run numbers the table aggregates (accuracies in %)."""
+  ens = summary['ensembles']
+  return {
+      'member_acc': 100 * summary['mean_member_acc'],
+      'ensemble_acc': 100 * ens[-1]['acc'],
+      'ensemble_nll': ens[-1]['nll'],
+      'diversity': summary['diversity'] if len(ens) > 1 else float('nan'),
+      'wall_seconds': summary.get('wall_seconds', float('nan')),
+      'acc_by_size': [100 * e['acc'] for e in ens],
+  }
+
+
+def table_rows(results, methods, reference=REFERENCE):
+  """One row per method: mean / std over its seeds and the paired differences to `reference`
+  on the seeds both have."""
+  by_method = {m: {s: run_values(r) for (mm, s), r in results.items() if mm == m}
+               for m in methods}
+  ref = by_method.get(reference, {})
+  rows = []
+  for m in methods:
+    runs = by_method[m]
+    if not runs:
+      continue
+    seeds = sorted(runs)
+    row = {'method': m, 'seeds': len(seeds), 'members': len(runs[seeds[0]]['acc_by_size'])}
+    for key in ('member_acc', 'ensemble_acc', 'ensemble_nll', 'diversity', 'wall_seconds'):
+      row[f'{key}_mean'], row[f'{key}_std'] = mean_std([runs[s][key] for s in seeds])
+    sizes = min(len(runs[s]['acc_by_size']) for s in seeds)
+    for k in range(sizes):
+      row[f'acc_k{k + 1}_mean'], row[f'acc_k{k + 1}_std'] = mean_std(
+          [runs[s]['acc_by_size'][k] for s in seeds])
+    common = [s for s in seeds if s in ref]
+    row['paired_seeds'] = len(common) if m != reference else 0
+    for key, _ in PAIRED:
+      if m != reference and common:
+        d = paired_interval([runs[s][key] for s in common], [ref[s][key] for s in common])
+      else:
+        d = (float('nan'),) * 3
+      row[f'{key}_diff'], row[f'{key}_diff_lo'], row[f'{key}_diff_hi'] = d
+    rows.append(row)
+  return rows
+
+
+def _pm(row, key, spec='.2f'):
+  mean, std = row.get(f'{key}_mean'), row.get(f'{key}_std')
+  if mean is None or not math.isfinite(mean):
+    return '-'
+  return f'{mean:{spec}}' + (f' +- {std:{spec}}' if math.isfinite(std) else '')
+
+
+def _diff(row, key, spec='.2f'):
+  d, lo, hi = row[f'{key}_diff'], row[f'{key}_diff_lo'], row[f'{key}_diff_hi']
+  if not math.isfinite(d):
+    return '-'
+  if not math.isfinite(lo):
+    return f'{d:+{spec}}'
+  mark = ' *' if lo > 0 or hi < 0 else ''
+  return f'{d:+{spec}} [{lo:+{spec}}, {hi:+{spec}}]{mark}'
+
+
+def markdown(rows, reference=REFERENCE, thesis_rows=None):
+  """table.md: the main table, ensemble accuracy by size, and the paired differences."""
+  lines = ['| method | seeds | K | mean member acc (%) | ensemble acc (%) | NLL | diversity | '
+           'wall time / run (s) |', '|' + '---|' * 8]
+  for r in rows:
+    lines.append(f"| {r['method']} | {r['seeds']} | {r['members']} | {_pm(r, 'member_acc')} | "
+                 f"{_pm(r, 'ensemble_acc')} | {_pm(r, 'ensemble_nll', '.4f')} | "
+                 f"{_pm(r, 'diversity')} | {_pm(r, 'wall_seconds', '.0f')} |")
+  k_max = max(r['members'] for r in rows)
+  lines += ['', 'Ensemble accuracy (%) of the first k members:', '',
+            '| method | ' + ' | '.join(f'k = {k}' for k in range(1, k_max + 1)) + ' |',
+            '|' + '---|' * (k_max + 1)]
+  for r in rows:
+    cells = [_pm(r, f'acc_k{k}') for k in range(1, k_max + 1)]
+    lines.append(f"| {r['method']} | " + ' | '.join(cells) + ' |')
+  lines += ['', f'Paired differences to {reference} over the seeds both ran (method minus '
+            f'{reference}): mean [95% t-interval]; * = the interval excludes 0:', '',
+            '| method | seeds | ensemble acc (pts) | NLL | diversity |', '|---|---|---|---|---|']
+  for r in rows:
+    if r['method'] != reference:
+      lines.append(f"| {r['method']} | {r['paired_seeds']} | {_diff(r, 'ensemble_acc')} | "
+                   f"{_diff(r, 'ensemble_nll', '.4f')} | {_diff(r, 'diversity')} |")
+  if thesis_rows:
+    lines += ['', "The thesis's Table 4.1 (BYOL ResNet-50 on CIFAR-100, 5 members, 6 runs); z = "
+              "(mean here - thesis mean) / thesis std:", '',
+              '| method | thesis member acc | z | thesis diversity | thesis ensemble acc | z |',
+              '|---|---|---|---|---|---|']
+    for method, cells in thesis_rows.items():
+      lines.append(f"| {method} | {cells['thesis_member_acc']} | {cells['member_acc_z']} | "
+                   f"{cells['thesis_diversity_cell']} | {cells['thesis_ensemble_acc']} | "
+                   f"{cells['ensemble_acc_z']} |")
+  return '\n'.join(lines) + '\n'
+
+
+def thesis_comparison(results, rows):
+  """{method: formatted thesis cells} for the cifar100 table (analysis/thesis.py)."""
+  from enstransfer_jax.analysis import thesis  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
+  out = {}
+  for r in rows:
+    runs = []
+    for (m, _), summary in sorted(results.items()):
+      if m == r['method']:
+        d = summary['workdir']
+        runs.append(dict(summary, run_dir=d, config=wd.read_json(os.path.join(d, 'config.json')),
+                         run_info=wd.read_json(os.path.join(d, 'run_info.json'))))
+    member = [100 * s['mean_member_acc'] for s in runs]
+    ensemble = [100 * s['ensembles'][-1]['acc'] for s in runs]
+    out[r['method']] = thesis.formatted(thesis.thesis_columns(r['method'], runs, member, ensemble))
+  return out
+
+
+def write_table(out, rows, reference=REFERENCE, thesis_rows=None):
+  """table.md and table.csv in `out`; returns the markdown."""
+  from enstransfer_jax import atomic  # pylint: disable=g-import-not-at-top
+  text = markdown(rows, reference, thesis_rows)
+  columns = []
+  for r in rows:
+    columns += [k for k in r if k not in columns]
+
+  def write_csv(tmp):
+    with open(tmp, 'w', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=columns)
+      writer.writeheader()
+      for r in rows:
+        writer.writerow({k: r.get(k, '') for k in columns})
+
+  def write_md(tmp):
+    with open(tmp, 'w') as f:
+      f.write(text)
+
+  os.makedirs(out, exist_ok=True)
+  atomic.write(os.path.join(out, 'table.csv'), write_csv)
+  atomic.write(os.path.join(out, 'table.md'), write_md)
+  return text
+
+
+# --- the command --------------------------------------------------------------------------
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(prog='python -m enstransfer_jax.reproduce', description=(
+      'Every method of the thesis over several seeds; writes table.md / table.csv.'))
+  p.add_argument('--task', choices=('digits', 'cifar100'), default='digits')
+  p.add_argument('--seeds', type=int, default=None,
+                 help='digits: seeds 0..N-1 (default 5); cifar100: seeds per checkpoint '
+                      '(default 3)')
+  p.add_argument('--methods', nargs='+', default=None,
+                 help='config names (default: all of the task)')
+  p.add_argument('--ckpts', nargs='+', default=(),
+                 help='cifar100: pre-trained checkpoints (converted dirs or BYOL .pt files); '
+                      'the first two carry the runs, Global DE uses all')
+  p.add_argument('--data-dir', default='', help='cifar100: TFDS data dir')
+  p.add_argument('--out', default=None, help='default: experiments/reproduce_<task>')
+  p.add_argument('--set', nargs='+', default=[], metavar='FIELD=VALUE',
+                 help='change a config field of every run (e.g. --set epochs=10 width=16); a '
+                      'changed task needs its own --out')
+  p.add_argument('--no-progress', action='store_true')
+  args = p.parse_args(argv)
+  known = DIGITS_METHODS if args.task == 'digits' else CIFAR_METHODS
+  args.methods = list(args.methods or known)
+  unknown = [m for m in args.methods if m not in known]
+  if unknown:
+    p.error(f'unknown method {unknown[0]!r} for --task {args.task}; use some of '
+            f'{", ".join(known)}')
+  if args.seeds is None:
+    args.seeds = 5 if args.task == 'digits' else 3
+  if args.seeds < 1:
+    p.error(f'--seeds {args.seeds} must be at least 1')
+  if args.task == 'digits' and args.ckpts:
+    p.error('--ckpts is for --task cifar100; the digits task pre-trains its own checkpoints')
+  if args.task == 'cifar100' and not args.ckpts:
+    p.error('--task cifar100 needs --ckpts: two or more pre-trained BYOL checkpoints '
+            '(convert_byol.py byol-1000ep-1.pt checkpoints/byol-1)')
+  args.out = args.out or os.path.join('experiments', f'reproduce_{args.task}')
+  return args
+
+
+def reproduce(args, jobs=None):
+  """Runs the jobs of `args` (or `jobs`), writes the table; returns the rows."""
+  if jobs is None:
+    if args.task == 'digits':
+      jobs = digits_jobs(args.methods, range(args.seeds), args.out, parse_overrides(args.set))
+    else:
+      jobs = cifar100_jobs(args.methods, list(args.ckpts), args.seeds, args.out, args.data_dir,
+                           parse_overrides(args.set))
+  check_inputs(jobs)
+  results = run_jobs(jobs, progress=not args.no_progress)
+  results = {k: v for k, v in results.items() if k[0] != 'pretrain'}
+  rows = table_rows(results, args.methods)
+  thesis_rows = thesis_comparison(results, rows) if args.task == 'cifar100' else None
+  print(write_table(args.out, rows, REFERENCE, thesis_rows))
+  print(f'wrote {os.path.join(args.out, "table.md")} and table.csv')
+  return rows
+
+
+def main(argv=None):
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.errors import user_errors  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.ERROR)
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  with user_errors():
+    reproduce(args)
+
+
+if __name__ == '__main__':
+  main()

@@ -34,6 +34,7 @@ def get_config():
   c.use_test = True
   c.batch_size = 256
   c.eval_batch_size = 500
+  c.data_workers = 0  # host threads cutting train crops (variable-size datasets, imagenet); 0 = all cores
   c.dtype = 'float32'  # float32 | bfloat16 (compute dtype; params stay float32)
 
   # Training.

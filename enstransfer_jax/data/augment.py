@@ -11,6 +11,8 @@ Transforms (config.transform_name):
   cifar     train: zero-pad 4 (black, before normalising) + random crop S + horizontal flip;
             eval: normalise only (as 'none' when the images are not S x S).
   none      resize to S x S when the images are not S x S already, then normalise.
+  host_crop train only, for crops already cut and resized on the host (data/host_pipeline.py,
+            'imagenet' on variable-size images): horizontal flip + normalise.
 
 Resampling is a separable matrix product out = Wy @ image @ Wx^T with the weights of PIL's
 resampling filters (triangle for bilinear, Keys a=-0.5 for bicubic, pixel centres at +0.5,
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 TRANSFORMS = ('imagenet', 'cifar', 'none')
+HOST_CROP = 'host_crop'  # train only; not a config choice
 CIFAR_PADDING = 4
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -47,8 +50,8 @@ def _keys_cubic(x, a=-0.5):
 _FILTERS = {'bilinear': _triangle, 'bicubic': _keys_cubic}
 
 
-def _check_args(transform, interpolation):
-  if transform not in TRANSFORMS:
+def _check_args(transform, interpolation, train=False):
+  if transform not in TRANSFORMS and not (train and transform == HOST_CROP):
     raise ValueError(f'unknown transform {transform!r}; use one of {TRANSFORMS}')
   if interpolation not in _FILTERS:
     raise ValueError(f'unknown interpolation {interpolation!r}; use one of {tuple(_FILTERS)}')
@@ -134,9 +137,11 @@ def sample_train_params(rng, batch, height, width, *, transform, image_size):
   box = (top, left, h, w) in the input image ('imagenet') or in the 4-padded image ('cifar').
   'none' draws nothing and returns {}.
   """
-  _check_args(transform, 'bilinear')
+  _check_args(transform, 'bilinear', train=True)
   if transform == 'none':
     return {}
+  if transform == HOST_CROP:
+    return {'flip': jax.random.bernoulli(jax.random.split(rng)[1], 0.5, (batch,))}
   pad = 2 * CIFAR_PADDING
   if transform == 'cifar' and image_size > min(height, width) + pad:
     raise ValueError(f'transform cifar: image_size {image_size} exceeds the padded '
@@ -155,12 +160,17 @@ def sample_train_params(rng, batch, height, width, *, transform, image_size):
 
 def apply_train_params(images, params, *, transform, image_size, interpolation='bilinear'):
   """The train transform with given random parameters (see sample_train_params)."""
-  _check_args(transform, interpolation)
+  _check_args(transform, interpolation, train=True)
   _check_images(images)
   _, height, width, _ = images.shape
   x = images.astype(jnp.float32) / 255.0
   if transform == 'none':
     return normalize(_resize_full(x, image_size, interpolation))
+  if transform == HOST_CROP:
+    if (height, width) != (image_size, image_size):
+      raise ValueError(f'host crops must be {image_size}x{image_size}, got {height}x{width}')
+    flip = params['flip'][:, None, None, None]
+    return normalize(jnp.where(flip, x[:, :, ::-1], x))
   if transform == 'imagenet':
 
     def one(image, box, flip):

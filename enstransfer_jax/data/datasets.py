@@ -10,22 +10,34 @@ of classes, the metric of the dataset (as the reference's DS_TO_METRIC_AND_N_CLA
 * TFDS datasets (table TFDS_SOURCES, reference name -> TFDS name). Images with a fixed size in
   TFDS (cifar 32 px, eurosat 64 px) are kept as they are; variable-size images are resized on
   load, shorter side to `load_size` (256) with antialiased bilinear, then centre-cropped to
-  load_size x load_size. Not in TFDS (4.9.10): aircraft, chestx, cinic10, isic.
+  load_size x load_size (the eval transform's input, and the train images of the 'none' and
+  'cifar' transforms). With transform_name 'imagenet' their training split also keeps the
+  encoded whole images (`train_encoded`), from which data/host_pipeline.py cuts the train
+  crops, as the reference's RandomResizedCrop does. Not in TFDS (4.9.10): aircraft, chestx,
+  cinic10, isic.
 * Validation (use_test=False) and missing test splits are carved with sklearn's stratified
   train_test_split, random_state 42 (the reference's TRAIN_TEST_SPLIT_RANDOM_STATE), in the
-  proportions of the reference's DS_TO_SIZES.
+  proportions of the reference's DS_TO_SIZES; where the reference's rule is a count per class
+  (pets: 20 validation images per class, sun: 10, caltech101: 25 of each class's 30 train
+  images kept for training) it is that rule: per class, sklearn's train_test_split of the
+  class's examples with train_size = the count and random_state 42, as the reference's
+  split_targets_by_class. TFDS stores examples in its own order, so each class's examples are
+  first sorted by file name; which samples fall in each part can still differ from the
+  reference's, whose order is that of its list files.
 * config.class_subset (labels, () = all) keeps only those labels, remapped to 0..k-1 in the given
   order; it is applied after the split, so a subset's splits are subsets of the full splits.
 """
 
 import dataclasses
 import os
+from typing import Optional
 
 import numpy as np
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
 from enstransfer_jax import metrics as metrics_lib
+from enstransfer_jax.data import host_pipeline
 
 SPLIT_RANDOM_STATE = 42
 DIGITS_SIZE = 32
@@ -45,6 +57,9 @@ class DataSplits:
   num_classes: int
   metric: str  # 'top1' | 'mean_per_class'
   name: str
+  # The whole training images, encoded, aligned with train_labels: set for variable-size
+  # images with the 'imagenet' transform (train crops come from these on the host).
+  train_encoded: Optional[host_pipeline.EncodedImages] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,11 +70,15 @@ class _Source:
   val_sizes: tuple = (9, 1)  # (train, valid) sizes of DS_TO_SIZES: only their ratio is used
   test_sizes: tuple = ()  # (train + valid, test) sizes where the test split is carved
   drop_labels: tuple = ()  # TFDS label names the reference does not have
+  val_per_class: int = 0  # the reference's validation images per class (its first part)
+  train_per_class: int = 0  # the reference's training images per class (its first part)
+  name_key: str = ''  # the TFDS feature holding the file name (orders per-class splits)
 
 
 TFDS_SOURCES = {
     'caltech101': _Source('caltech101', val_sizes=(2525, 505),
-                          drop_labels=('background_google',)),
+                          drop_labels=('background_google',), train_per_class=25,
+                          name_key='image/file_name'),
     'cars': _Source('cars196', val_sizes=(6494, 1650)),
     'cifar10': _Source('cifar10', val_sizes=(45000, 5000)),
     'cifar100': _Source('cifar100', val_sizes=(45000, 5000)),
@@ -69,8 +88,10 @@ TFDS_SOURCES = {
                        test_sizes=(13500, 13500)),
     'flowers': _Source('oxford_flowers102', valid='validation'),
     'food': _Source('food101', test='validation', val_sizes=(68175, 7575)),
-    'pets': _Source('oxford_iiit_pet', val_sizes=(2940, 740)),
-    'sun': _Source('sun397/standard-part1-120k', val_sizes=(15880, 3970)),
+    'pets': _Source('oxford_iiit_pet', val_sizes=(2940, 740), val_per_class=20,
+                    name_key='file_name'),
+    'sun': _Source('sun397/standard-part1-120k', val_sizes=(15880, 3970), val_per_class=10,
+                   name_key='file_name'),
 }
 MISSING_FROM_TFDS = ('aircraft', 'chestx', 'cinic10', 'isic')
 MEAN_PER_CLASS = ('aircraft', 'caltech101', 'flowers', 'pets')
@@ -105,11 +126,51 @@ def stratified_split(labels, num_second, seed=SPLIT_RANDOM_STATE):
   return np.sort(first), np.sort(second)
 
 
-def _carve(images, labels, sizes):
-  """Splits (images, labels) in the ratio sizes = (first, second)."""
-  num_second = int(round(len(labels) * sizes[1] / (sizes[0] + sizes[1])))
-  first, second = stratified_split(labels, num_second)
-  return (images[first], labels[first]), (images[second], labels[second])
+def split_per_class(labels, first_per_class, seed=SPLIT_RANDOM_STATE, names=None):
+  """Indices (first, second): per class, first_per_class of its examples in `first`.
+
+  The reference's split_targets_by_class: for each label in increasing order, sklearn's
+  train_test_split of the class's indices with train_size=first_per_class and random_state
+  `seed`. `names` (optional, one per example) orders each class's indices before the draw."""
+  labels = np.asarray(labels)
+  first, second = [], []
+  for label in np.unique(labels):
+    ind = np.flatnonzero(labels == label)
+    if names is not None:
+      ind = ind[np.argsort(np.asarray(names)[ind], kind='stable')]
+    if len(ind) <= first_per_class:
+      raise ValueError(f'class {label} has {len(ind)} examples; splitting {first_per_class} '
+                       'of each class off needs more; use config.use_test=True')
+    a, b = model_selection.train_test_split(ind, train_size=first_per_class,
+                                            random_state=seed)
+    first.append(a)
+    second.append(b)
+  return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+
+
+def _take(split, idx):
+  """The examples idx of a split (a dict of arrays aligned on their first axis)."""
+  return {k: v.take(idx) if isinstance(v, host_pipeline.EncodedImages) else v[idx]
+          for k, v in split.items()}
+
+
+def _carve(split, sizes):
+  """Splits a split in the ratio sizes = (first, second)."""
+  num_second = int(round(len(split['labels']) * sizes[1] / (sizes[0] + sizes[1])))
+  first, second = stratified_split(split['labels'], num_second)
+  return _take(split, first), _take(split, second)
+
+
+def _carve_validation(split, src):
+  """(train, validation) by the reference's rule for this dataset."""
+  names = split.get('names')
+  if src.val_per_class:
+    valid, train = split_per_class(split['labels'], src.val_per_class, names=names)
+  elif src.train_per_class:
+    train, valid = split_per_class(split['labels'], src.train_per_class, names=names)
+  else:
+    return _carve(split, src.val_sizes)
+  return _take(split, train), _take(split, valid)
 
 
 def _load_digits(use_test):
@@ -119,9 +180,9 @@ def _load_digits(use_test):
   grey = grey.repeat(block, axis=1).repeat(block, axis=2)
   images = np.repeat(grey[..., None], 3, axis=-1)
   labels = digits.target.astype(np.int32)
-  train, test = _carve(images, labels, (2, 1))
+  train, test = _carve({'images': images, 'labels': labels}, (2, 1))
   if not use_test:
-    train, test = _carve(*train, (9, 1))
+    train, test = _carve(train, (9, 1))
   return train, test, 10
 
 
@@ -148,8 +209,10 @@ def _builder(name, tfds_name, data_dir):
   return builder
 
 
-def _read_split(builder, split, load_size):
-  """All of one TFDS split as (uint8 [N, H, W, 3], int32 [N]), in the stored order."""
+def _read_split(builder, split, load_size, keep_encoded=False, name_key=''):
+  """All of one TFDS split, in the stored order, as a dict: 'images' uint8 [N, H, W, 3],
+  'labels' int32 [N]; 'encoded' (host_pipeline.EncodedImages of the whole images) with
+  keep_encoded when the images vary in size; 'names' (bytes [N]) with name_key."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:  # TF only decodes on the host; keep it off the accelerator JAX uses.
@@ -157,9 +220,17 @@ def _read_split(builder, split, load_size):
   except RuntimeError:  # already initialised
     pass
   fixed = None not in builder.info.features['image'].shape
+  keep_encoded = keep_encoded and not fixed
 
   def prepare(example):
     image = example['image']
+    out = {'labels': tf.cast(example['label'], tf.int32)}
+    if keep_encoded:  # decoded here as TFDS decodes its Image feature
+      out['encoded'] = image
+      image = tf.io.decode_image(image, channels=3, expand_animations=False)
+      out['heights'], out['widths'] = tf.shape(image)[0], tf.shape(image)[1]
+    if name_key:
+      out['names'] = example[name_key]
     if not fixed:
       shape = tf.cast(tf.shape(image)[:2], tf.float32)
       new = tf.cast(shape * (load_size / tf.reduce_min(shape)), tf.int32)  # truncated, as torch
@@ -169,43 +240,57 @@ def _read_split(builder, split, load_size):
       left = tf.cast(tf.round(tf.cast(new[1] - load_size, tf.float32) / 2), tf.int32)
       image = image[top:top + load_size, left:left + load_size]
       image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    return image, tf.cast(example['label'], tf.int32)
+    out['images'] = image
+    return out
 
-  ds = builder.as_dataset(split=split, shuffle_files=False)
+  decoders = {'image': tfds.decode.SkipDecoding()} if keep_encoded else None
+  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
   chunks = list(tfds.as_numpy(ds))
   if not chunks:
     raise ValueError(f"TFDS split '{split}' of '{builder.name}' is empty")
-  return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+  out = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+  if keep_encoded:
+    out['encoded'] = host_pipeline.EncodedImages(
+        out['encoded'], out.pop('heights').astype(np.int32), out.pop('widths').astype(np.int32))
+  return out
 
 
-def _load_tfds(name, data_dir, use_test, load_size):
+def _load_tfds(name, data_dir, use_test, load_size, keep_encoded):
   src = TFDS_SOURCES[name]
   builder = _builder(name, src.tfds_name, data_dir)
   label = builder.info.features['label']
   keep = [i for i in range(label.num_classes) if label.int2str(i) not in src.drop_labels]
   remap = np.full(label.num_classes, -1, np.int32)
   remap[keep] = np.arange(len(keep))
-  read = lambda split: _select(*_read_split(builder, split, load_size), keep, remap)
+  name_key = src.name_key if not use_test else ''
+
+  def read(split, encoded=False):
+    return _select(_read_split(builder, split, load_size, encoded, name_key), keep, remap)
+
   if src.valid:
-    train = read(f'train+{src.valid}' if use_test else 'train')
+    train = read(f'train+{src.valid}' if use_test else 'train', keep_encoded)
     test = read(src.test if use_test else src.valid)
   else:
-    train = read('train')
+    train = read('train', keep_encoded)
     if src.test:
       test = read(src.test) if use_test else None
     else:
-      train, test = _carve(*train, src.test_sizes)
+      train, test = _carve(train, src.test_sizes)
     if not use_test:
-      train, test = _carve(*train, src.val_sizes)
+      train, test = _carve_validation(train, src)
+  if 'encoded' in test:  # the evaluation split needs only the 256 x 256 images
+    test = {k: v for k, v in test.items() if k != 'encoded'}
   return train, test, len(keep)
 
 
-def _select(images, labels, keep, remap):
+def _select(split, keep, remap):
+  labels = split['labels']
   mask = np.isin(labels, keep)
   if mask.all():
-    return images, remap[labels]
-  return images[mask], remap[labels[mask]]
+    return dict(split, labels=remap[labels])
+  split = _take(split, np.flatnonzero(mask))
+  return dict(split, labels=remap[split['labels']])
 
 
 def _apply_class_subset(train, test, subset, num_classes):
@@ -214,23 +299,25 @@ def _apply_class_subset(train, test, subset, num_classes):
     raise ValueError(f'class_subset {subset} must hold distinct labels in 0..{num_classes - 1}')
   remap = np.full(num_classes, -1, np.int32)
   remap[list(subset)] = np.arange(len(subset))
-  return _select(*train, subset, remap), _select(*test, subset, remap), len(subset)
+  return _select(train, subset, remap), _select(test, subset, remap), len(subset)
 
 
 def load_dataset(config, *, load_size=LOAD_SIZE):
-  """DataSplits from config.dataset, data_dir, use_test and class_subset."""
+  """DataSplits from config.dataset, data_dir, use_test, class_subset and transform_name."""
   name = str(config.dataset).lower()
+  keep_encoded = str(config.get('transform_name', '')).lower() == 'imagenet'
   if name == 'digits':
     train, test, num_classes = _load_digits(config.use_test)
   elif name in TFDS_SOURCES:
-    train, test, num_classes = _load_tfds(name, config.data_dir, config.use_test, load_size)
+    train, test, num_classes = _load_tfds(name, config.data_dir, config.use_test, load_size,
+                                          keep_encoded)
   elif name in MISSING_FROM_TFDS:
     raise ValueError(f"dataset '{name}' is not in TFDS; use one of {', '.join(DATASETS)}")
   else:
     raise ValueError(f"unknown dataset '{config.dataset}'; use one of {', '.join(DATASETS)}")
   if config.class_subset:
     train, test, num_classes = _apply_class_subset(train, test, config.class_subset, num_classes)
-  as_arrays = lambda images, labels: (np.ascontiguousarray(images, np.uint8),
-                                      np.asarray(labels, np.int32))
-  (train_x, train_y), (test_x, test_y) = as_arrays(*train), as_arrays(*test)
-  return DataSplits(train_x, train_y, test_x, test_y, num_classes, dataset_metric(name), name)
+  images = lambda split: np.ascontiguousarray(split['images'], np.uint8)
+  labels = lambda split: np.asarray(split['labels'], np.int32)
+  return DataSplits(images(train), labels(train), images(test), labels(test), num_classes,
+                    dataset_metric(name), name, train_encoded=train.get('encoded'))

@@ -1,0 +1,153 @@
+"""Train crops from the whole image on the host, for datasets whose images vary in size.
+
+The reference (torchvision) applies RandomResizedCrop(224) to each whole decoded image. Here
+the encoded training images stay in host memory (`EncodedImages`, the bytes TFDS stores) and
+every epoch a tf.data pipeline decodes each one, cuts the crop box and resizes it to
+image_size x image_size (antialiased bilinear or bicubic, as torchvision's resize), rounding to
+uint8. The device then flips and normalises (augment.HOST_CROP). The parallel map runs on
+tf.data's C++ thread pool (`workers` threads; decoding and resizing hold no Python lock).
+
+Crop boxes are drawn as torchvision's RandomResizedCrop.get_params (scale (0.08, 1), ratio
+(3/4, 4/3), 10 tries of (area, log-ratio), the first box that fits wins, else the central crop
+with the ratio clamped), each image with its own size. The box of the example at position p of
+member m's epoch-e order is row p of a table drawn from numpy's default_rng([seed, CROP_STREAM,
+m, e]), so an epoch's batches are a pure function of (seed, member, epoch) and a run resumed at
+batch b of an epoch sees exactly the batches an uninterrupted run would. An epoch's last,
+partial batch is padded as batches.padded_indices pads it: with copies of its first row.
+"""
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+
+from enstransfer_jax.data import batches
+
+CROP_STREAM = 4  # next to training/streams.py's init 1, head 2, augment 3
+SCALE = (0.08, 1.0)
+RATIO = (3 / 4, 4 / 3)
+TRIES = 10
+INTERPOLATIONS = ('bilinear', 'bicubic')
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EncodedImages:
+  """The encoded (JPEG / PNG) training images and their decoded sizes."""
+  data: np.ndarray  # object [N]: bytes of each image as stored
+  heights: np.ndarray  # int32 [N]
+  widths: np.ndarray  # int32 [N]
+
+  def take(self, idx):
+    return EncodedImages(self.data[idx], self.heights[idx], self.widths[idx])
+
+  @property
+  def nbytes(self):
+    """Host memory held by the encoded bytes."""
+    return int(sum(len(b) for b in self.data)) + self.heights.nbytes + self.widths.nbytes
+
+
+def crop_boxes(u_area, u_ratio, u_top, u_left, heights, widths, scale=SCALE, ratio=RATIO):
+  """int64 [N, 4] = (top, left, h, w) from uniforms in [0, 1): u_area, u_ratio [N, tries]
+  (try t uses column t), u_top, u_left [N]; heights, widths [N] the images' sizes.
+
+  torchvision's get_params: area = H W uniform(scale), aspect = exp(uniform(log ratio)),
+  w = round(sqrt(area aspect)), h = round(sqrt(area / aspect)); the first try with
+  0 < w <= W and 0 < h <= H is taken, top uniform in 0..H-h and left in 0..W-w; when none
+  fits, the central crop of the whole image with its ratio clamped to `ratio`."""
+  height = np.asarray(heights, np.float64)[:, None]
+  width = np.asarray(widths, np.float64)[:, None]
+  target = height * width * (scale[0] + (scale[1] - scale[0]) * np.asarray(u_area))
+  lo, hi = math.log(ratio[0]), math.log(ratio[1])
+  aspect = np.exp(lo + (hi - lo) * np.asarray(u_ratio))
+  w = np.round(np.sqrt(target * aspect)).astype(np.int64)  # round half to even, as Python
+  h = np.round(np.sqrt(target / aspect)).astype(np.int64)
+  valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+  found = valid.any(axis=1)
+  first = np.argmax(valid, axis=1)
+  rows = np.arange(len(first))
+  h, w = h[rows, first], w[rows, first]
+  height, width = height[:, 0].astype(np.int64), width[:, 0].astype(np.int64)
+  in_ratio = width / height
+  fw = np.where(in_ratio < min(ratio), width,
+                np.where(in_ratio > max(ratio), np.round(height * max(ratio)), width))
+  fh = np.where(in_ratio < min(ratio), np.round(width / min(ratio)), height)
+  fw, fh = fw.astype(np.int64), fh.astype(np.int64)
+  h, w = np.where(found, h, fh), np.where(found, w, fw)
+  # torch.randint(0, n + 1): uniform on 0..n.
+  top = np.minimum(np.floor(np.asarray(u_top) * (height - h + 1)).astype(np.int64), height - h)
+  left = np.minimum(np.floor(np.asarray(u_left) * (width - w + 1)).astype(np.int64), width - w)
+  top = np.where(found, top, (height - h) // 2)
+  left = np.where(found, left, (width - w) // 2)
+  return np.stack([top, left, h, w], axis=1)
+
+
+def draw_crop_boxes(rng, heights, widths):
+  """crop_boxes with the uniforms drawn from the numpy Generator `rng`."""
+  n = len(heights)
+  u = rng.random((n, 2 * TRIES + 2))
+  return crop_boxes(u[:, :TRIES], u[:, TRIES:2 * TRIES], u[:, -2], u[:, -1], heights, widths)
+
+
+def epoch_boxes(images, seed, member, epoch, order):
+  """[N, 4] boxes of member's epoch: row p is the box of example order[p]."""
+  rng = np.random.default_rng([int(seed), CROP_STREAM, int(member), int(epoch)])
+  return draw_crop_boxes(rng, images.heights[order], images.widths[order])
+
+
+def decode_crop_resize(encoded, box, size, interpolation='bilinear'):
+  """TF: encoded image bytes, int box (top, left, h, w) -> uint8 [size, size, 3]."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  box = tf.cast(box, tf.int32)
+  crop = image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
+  out = tf.image.resize(crop, (size, size), method=interpolation, antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+
+
+class HostCrops:
+  """The train batches of a stage with crops from the whole image, produced on the host."""
+
+  def __init__(self, images, image_size, interpolation='bilinear', workers=0, prefetch=2):
+    if interpolation not in INTERPOLATIONS:
+      raise ValueError(f'unknown interpolation {interpolation!r}; use one of {INTERPOLATIONS}')
+    self.images = images
+    self.size = int(image_size)
+    self.interpolation = interpolation
+    self.workers = int(workers) or os.cpu_count() or 1
+    self.prefetch = int(prefetch)
+
+  def epoch(self, seed, members, epoch, orders, batch_size, first_batch=0):
+    """Yields uint8 [K, batch_size, S, S, 3] for batches first_batch.. of the epoch, in the
+    layout of batches.padded_indices(orders, lo, hi, batch_size) (members = their ids)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    k = len(members)
+    boxes = [epoch_boxes(self.images, seed, m, epoch, o) for m, o in zip(members, orders)]
+    positions = np.stack([np.arange(len(o)) for o in orders])
+    slices = batches.batch_slices(len(orders[0]), batch_size)[first_batch:]
+    if not slices:
+      return
+    idx, box = [], []
+    for lo, hi in slices:
+      pos, _ = batches.padded_indices(positions, lo, hi, batch_size)  # [K, B] positions
+      idx.append(np.stack([orders[j][pos[j]] for j in range(k)]))
+      box.append(np.stack([boxes[j][pos[j]] for j in range(k)]))
+    idx, box = np.stack(idx), np.stack(box)  # [batches, K, B], [batches, K, B, 4]
+    data = self.images.data
+
+    def fetch(i):
+      return data[i]
+
+    def load(i, b):
+      encoded = tf.numpy_function(fetch, [i], tf.string, stateful=False)
+      image = decode_crop_resize(encoded, b, self.size, self.interpolation)
+      return tf.ensure_shape(image, (self.size, self.size, 3))
+
+    ds = tf.data.Dataset.from_tensor_slices((idx.reshape(-1), box.reshape(-1, 4)))
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = self.workers
+    ds = ds.with_options(options).map(load, num_parallel_calls=self.workers)
+    ds = ds.batch(k * batch_size).prefetch(self.prefetch)
+    for out in ds.as_numpy_iterator():
+      yield out.reshape(k, batch_size, self.size, self.size, 3)

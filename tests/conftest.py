@@ -14,3 +14,26 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 jax.config.update('jax_compilation_cache_dir',
                   os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '.jax_cache'))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position,g-bad-import-order
+
+# The tiny StarSSE run that several test files read (test_engine, test_bad_inputs): member 1
+# for 2 epochs, members 2..4 in parallel for 1 epoch each, a per-batch cosine with warm
+# restarts of period 4 steps (so members 2, 3, 4 start at different phases), evaluation
+# after every epoch. Made once per test process.
+STARSSE = dict(star_fge=True, num_fge=4, epochs=2, fge_epochs=1, scheduler='continious+cosine',
+               valid_freq=1)
+
+
+@pytest.fixture(scope='session')
+def starsse_run(tmp_path_factory):
+  """(work dir, summary, first-step records of every stage, config) of the shared run."""
+  from enstransfer_jax.training import run_experiment  # pylint: disable=g-import-not-at-top
+  from tests import engine_util  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('starsse'))
+  records = []
+  config = engine_util.tiny_config(**STARSSE)
+  with engine_util.spy_on_stages(records):
+    summary = run_experiment(config, workdir)
+  return workdir, summary, records, config

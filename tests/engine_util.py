@@ -86,3 +86,40 @@ def full_batch(images, labels, new_epoch=False):
   k, b = labels.shape
   return {'images': images, 'labels': labels, 'mask': np.ones((k, b), np.float32),
           'new_epoch': np.full((k,), new_epoch)}
+
+
+def torch_twin(variables, num_classes, train=False):
+  """The PyTorch ResNet-18 (tests/torch_resnet.py) holding `variables` (width from conv1)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from tests import torch_resnet  # pylint: disable=g-import-not-at-top
+  width = np.asarray(variables['params']['conv1']['kernel']).shape[-1]
+  net = torch_resnet.TorchResNet('ResNet18', num_classes, width=width).double()
+  net.load_state_dict({k: v.double() if v.is_floating_point() else v
+                       for k, v in checkpoints.flax_to_torch(variables).items()})
+  net.train(train)
+  torch.set_grad_enabled(train)
+  return net
+
+
+def torch_forward(net, x):
+  """Logits and the five feature maps (NHWC, float64 numpy) of NHWC images x."""
+  import torch  # pylint: disable=g-import-not-at-top
+  t = torch.from_numpy(np.asarray(x, np.float64).transpose(0, 3, 1, 2).copy())
+  logits, maps = net(t)
+  maps = [m.detach().numpy() for m in maps]
+  maps = [m.transpose(0, 2, 3, 1) if m.ndim == 4 else m for m in maps]
+  return logits.detach().numpy(), maps
+
+
+def softmax(z):
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def first_batch(config, data, member, epoch=1):
+  """Raw uint8 images and labels of the first batch a member sees in `epoch` (the engine's
+  order: batches.epoch_order of (seed, member, epoch), full batches only)."""
+  n = len(data.train_labels)
+  order = np.random.default_rng([config.seed, member, epoch]).permutation(n)[:config.batch_size]
+  return data.train_images[order], data.train_labels[order]

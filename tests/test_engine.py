@@ -27,17 +27,8 @@ def _member(workdir, i):
   return variables
 
 
-@pytest.fixture(scope='module')
-def starsse_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('starsse'))
-  records = []
-  with engine_util.spy_on_stages(records):
-    summary = run_experiment(engine_util.tiny_config(star_fge=True, num_fge=4), workdir)
-  return workdir, summary, records
-
-
 def test_every_output_is_written(starsse_run):
-  workdir, summary, _ = starsse_run
+  workdir, summary, _, _ = starsse_run
   for name in ('config.json', 'run_info.json', 'metrics.jsonl', 'test_labels.npy', 'summary.json'):
     assert os.path.exists(os.path.join(workdir, name)), name
   labels = np.load(os.path.join(workdir, 'test_labels.npy'))
@@ -54,7 +45,7 @@ def test_every_output_is_written(starsse_run):
 
 
 def test_summary_recomputed_by_hand(starsse_run):
-  workdir, summary, _ = starsse_run
+  workdir, summary, _, _ = starsse_run
   labels = np.load(os.path.join(workdir, 'test_labels.npy'))
   probs = [np.load(os.path.join(workdir, 'members', str(i), 'test_probs.npy')) for i in range(1, 5)]
   preds = [p.argmax(-1) for p in probs]
@@ -72,7 +63,7 @@ def test_summary_recomputed_by_hand(starsse_run):
 
 
 def test_starsse_members_start_from_member_1(starsse_run):
-  workdir, _, records = starsse_run
+  workdir, _, records, _ = starsse_run
   first = _member(workdir, 1)
   # Stage 1 is member 1 alone; stage 2 stacks members 2..4 (parallel by default).
   assert list(records[1]['member_ids']) == [2, 3, 4]
@@ -101,26 +92,47 @@ def test_sse_member_k_starts_from_member_k_minus_1_and_optimizer_resets(tmp_path
 
 
 def test_without_reset_the_momentum_carries_over(tmp_path):
-  records = []
-  with engine_util.spy_on_stages(records):
+  """Member 2 starts with exactly the optimizer state member 1 ended with."""
+  calls = []
+  real = engine_util.step_lib.make_train_step
+
+  def make(*args):
+    step = real(*args)
+
+    def wrapped(state, *rest):
+      before = jax.device_get(state)
+      after, metrics = step(state, *rest)
+      calls.append((before, jax.device_get(after)))
+      return after, metrics
+    return wrapped
+
+  engine_util.step_lib.make_train_step = make
+  try:
     run_experiment(engine_util.tiny_config(star_fge=False, num_fge=2, reset_optim_state=False),
-              str(tmp_path))
-  assert any(np.any(x != 0) for x in
-             jax.tree_util.tree_leaves(records[1]['state'].opt_state.inner_state))
+                   str(tmp_path))
+  finally:
+    engine_util.step_lib.make_train_step = real
+  members = [int(before.member[0]) for before, _ in calls]
+  assert members == [1, 1, 2, 2]
+  end_of_1, start_of_2 = calls[1][1].opt_state, calls[2][0].opt_state
+  assert _leaves_equal(start_of_2.inner_state, end_of_1.inner_state)
+  assert any(np.any(x != 0) for x in jax.tree_util.tree_leaves(start_of_2.inner_state))
 
 
 def test_finished_run_is_not_retrained(starsse_run, capsys):
-  workdir, summary, _ = starsse_run
-  again = run_experiment(engine_util.tiny_config(star_fge=True, num_fge=4), workdir)
+  workdir, summary, _, config = starsse_run
+  again = run_experiment(config, workdir)
   assert again == summary
   assert 'already holds a finished run' in capsys.readouterr().out
 
 
 def test_workdir_with_a_different_config_is_refused(starsse_run):
-  workdir, _, _ = starsse_run
+  workdir, _, _, config = starsse_run
   before = open(os.path.join(workdir, 'config.json')).read()
+  config = config.copy_and_resolve_references()
+  config.lr = 0.5
   with pytest.raises(ValueError, match='different config'):
-    run_experiment(engine_util.tiny_config(star_fge=True, num_fge=4, lr=0.5), workdir)
+    run_experiment(config, workdir)
   assert open(os.path.join(workdir, 'config.json')).read() == before
 
 
@@ -240,3 +252,87 @@ def test_from_scratch_de_members_start_from_their_own_init(tmp_path):
   for j, member in enumerate((1, 2)):
     want = torch_init.resnet_variables(model, streams.numpy_rng(0, 'init', member))
     np.testing.assert_array_equal(conv[j], want['params']['conv1']['kernel'])
+
+
+def _events(workdir, kind):
+  return [e for e in map(json.loads, open(os.path.join(workdir, 'metrics.jsonl')))
+          if e['event'] == kind]
+
+
+def test_lr_and_momentum_at_each_global_step(starsse_run):
+  """Every logged step's rate is the reference's per-batch cosine with warm restarts
+  (period epochs x steps_per_epoch = 4) at the member's global step: member 1 takes steps
+  0-3, member k >= 2 steps 4 + 2 (k - 2) + b, though members 2..4 train side by side."""
+  workdir, _, records, config = starsse_run
+  train = _events(workdir, 'train')
+  steps = {m: [e['step'] for e in train if e['member'] == m] for m in (1, 2, 3, 4)}
+  assert steps == {1: [0, 1, 2, 3], 2: [4, 5], 3: [6, 7], 4: [8, 9]}
+  for e in train:
+    want = config.lr * (1 + np.cos(np.pi * (e['step'] % 4) / 4)) / 2
+    assert e['lr'] == pytest.approx(want, rel=1e-6, abs=1e-9), e
+    assert e['epoch'] == (e['step'] // 2) + 1
+  assert len({round(e['lr'], 6) for e in train if e['member'] > 1}) == 4
+  # The momentum the step reads at the same index (SGD: config.momentum, no cyclic schedule).
+  table = records[1]['state'].schedule['momentum'][0]
+  np.testing.assert_allclose(table[:10], np.full(10, config.momentum), rtol=1e-7)
+
+
+def test_saved_test_probs_equal_a_fresh_evaluation(starsse_run):
+  """members/<i>/test_probs.npy equals the member checkpoint evaluated by the PyTorch twin."""
+  from enstransfer_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  workdir, _, _, config = starsse_run
+  data = datasets.load_dataset(config)
+  from enstransfer_jax.data import augment  # pylint: disable=g-import-not-at-top
+  x = augment.eval_transform(data.test_images, transform='none', image_size=16)
+  for i in (1, 3):
+    net = engine_util.torch_twin(_member(workdir, i), 10)
+    want = engine_util.softmax(engine_util.torch_forward(net, x)[0])
+    got = np.load(os.path.join(workdir, 'members', str(i), 'test_probs.npy'))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_evaluation_every_valid_freq_epochs(starsse_run):
+  """valid_freq=1: member 1 (2 epochs) is evaluated after epochs 1 and 2, each later member
+  after its one epoch; the last evaluation is what the member saved."""
+  workdir, _, _, _ = starsse_run
+  evals = [(e['member'], e['epoch']) for e in _events(workdir, 'eval')]
+  assert evals == [(1, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+  labels = np.load(os.path.join(workdir, 'test_labels.npy'))
+  last = {e['member']: e for e in _events(workdir, 'eval')}
+  for i in (1, 2, 3, 4):
+    probs = np.load(os.path.join(workdir, 'members', str(i), 'test_probs.npy'))
+    assert last[i]['test_acc'] == pytest.approx(np.mean(probs.argmax(-1) == labels))
+    assert last[i]['test_nll'] == pytest.approx(
+        -np.mean(np.log(probs[np.arange(len(labels)), labels])), rel=1e-4)
+
+
+def test_overwrite_retrains_and_use_test_false_evaluates_on_the_validation_split(tmp_path):
+  """A finished run, then the same work dir with overwrite=True and use_test=False: the old
+  outputs are gone, and the run is evaluated on digits' validation split (sklearn's stratified
+  train_test_split, random_state 42: 1/3 of all held out as test, then 1/10 of the rest)."""
+  from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  one = dict(num_fge=1, scheduler='cosine')
+  first = run_experiment(engine_util.tiny_config(**one), workdir)
+  os.makedirs(os.path.join(workdir, 'analysis'))
+  labels = sk_datasets.load_digits().target
+  train, test = model_selection.train_test_split(np.arange(len(labels)), test_size=599,
+                                                 stratify=labels, random_state=42)
+  np.testing.assert_array_equal(np.load(os.path.join(workdir, 'test_labels.npy')),
+                                labels[np.sort(test)])
+  train = np.sort(train)
+  _, valid = model_selection.train_test_split(np.arange(len(train)), test_size=120,
+                                              stratify=labels[train], random_state=42)
+  second = run_experiment(engine_util.tiny_config(overwrite=True, use_test=False, **one),
+                          workdir)
+  want = labels[train][np.sort(valid)]
+  np.testing.assert_array_equal(np.load(os.path.join(workdir, 'test_labels.npy')), want)
+  assert np.load(os.path.join(workdir, 'members', '1', 'test_probs.npy')).shape == (120, 10)
+  assert json.load(open(os.path.join(workdir, 'config.json')))['use_test'] is False
+  assert not os.path.exists(os.path.join(workdir, 'analysis'))
+  # metrics.jsonl holds the second run only: 1078 training examples = 2 batches of 599.
+  assert [e['step'] for e in _events(workdir, 'train')] == [0, 1]
+  assert len(_events(workdir, 'summary')) == 1
+  assert second['members'][0]['test_acc'] != first['members'][0]['test_acc'] or (
+      second != first)

@@ -164,7 +164,7 @@ def check_inputs(jobs):
   """Config errors, missing checkpoints and missing data, before anything trains (a
   checkpoint that an earlier job of the list writes, the digits pre-training, is not checked)."""
   from enstransfer_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  from enstransfer_jax.training import config_check  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import config_check, starts  # pylint: disable=g-import-not-at-top
   produced = [os.path.join(j.workdir, '') for j in jobs if j.method == 'pretrain']
   seen = set()
   for job in jobs:
@@ -174,19 +174,29 @@ def check_inputs(jobs):
       with config.unlocked():
         config.ckpt = ''
     config_check.validate(config)
+    for path in starts.checkpoint_paths(config):  # readable, and the config's architecture
+      if path and (path, config.model) not in seen:
+        probe = config.copy_and_resolve_references()
+        with probe.unlocked():
+          probe.ckpt, probe.ckpts, probe.ensemble = path, (), 'sse'
+        starts.load_checkpoints(probe)
+        seen.add((path, config.model))
     key = (config.dataset, config.data_dir)
     if key not in seen:  # downloads it once where it can, else one line saying how
       datasets.load_dataset(config)
       seen.add(key)
 
 
-def run_job(job):
-  """The run's summary, training it unless its work dir already holds it finished."""
+def run_job(job, train=True):
+  """The run's summary, training it unless its work dir already holds it finished (None for
+  an unfinished run when not `train`)."""
   from enstransfer_jax.training import experiment, workdir as wd  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training.config_check import resolve  # pylint: disable=g-import-not-at-top
   timing = os.path.join(job.workdir, WALL_TIME)
   if experiment.check_workdir(resolve(job.config), job.workdir):
     summary = wd.read_json(os.path.join(job.workdir, 'summary.json'))
+  elif not train:
+    return None
   else:
     resumed = os.path.isdir(os.path.join(job.workdir, 'progress'))
     os.makedirs(os.path.dirname(job.log), exist_ok=True)
@@ -200,14 +210,17 @@ def run_job(job):
   return summary
 
 
-def run_jobs(jobs, progress=True):
-  """Runs (or reads back) every job in order under one progress bar; {(method, seed): summary}."""
+def run_jobs(jobs, progress=True, train=True):
+  """Runs (or reads back) every job in order under one progress bar; {(method, seed): summary}
+  (without `train`, only the finished ones)."""
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   results = {}
   bar = tqdm(total=len(jobs), desc='runs', disable=not progress, dynamic_ncols=True)
   for job in jobs:
     bar.set_postfix_str(f'{job.method} seed {job.seed}')
-    results[(job.method, job.seed)] = run_job(job)
+    summary = run_job(job, train)
+    if summary is not None:
+      results[(job.method, job.seed)] = summary
     bar.update(1)
   bar.close()
   return results
@@ -392,6 +405,8 @@ def parse_args(argv):
   p.add_argument('--set', nargs='+', default=[], metavar='FIELD=VALUE',
                  help='change a config field of every run (e.g. --set epochs=10 width=16); a '
                       'changed task needs its own --out')
+  p.add_argument('--table-only', action='store_true',
+                 help='train nothing: the table of the runs already finished in --out')
   p.add_argument('--no-progress', action='store_true')
   args = p.parse_args(argv)
   known = DIGITS_METHODS if args.task == 'digits' else CIFAR_METHODS
@@ -421,10 +436,14 @@ def reproduce(args, jobs=None):
     else:
       jobs = cifar100_jobs(args.methods, list(args.ckpts), args.seeds, args.out, args.data_dir,
                            parse_overrides(args.set))
-  check_inputs(jobs)
-  results = run_jobs(jobs, progress=not args.no_progress)
+  if not args.table_only:
+    check_inputs(jobs)
+  results = run_jobs(jobs, progress=not args.no_progress, train=not args.table_only)
   results = {k: v for k, v in results.items() if k[0] != 'pretrain'}
   rows = table_rows(results, args.methods)
+  if not rows:
+    raise FileNotFoundError(f'no finished run in {args.out}; run the command without '
+                            '--table-only to train them')
   thesis_rows = thesis_comparison(results, rows) if args.task == 'cifar100' else None
   print(write_table(args.out, rows, REFERENCE, thesis_rows))
   print(f'wrote {os.path.join(args.out, "table.md")} and table.csv')

@@ -121,3 +121,29 @@ def test_bad_inputs(tmp_path, capsys):
   assert e.value.code == 2
   assert 'no field' in capsys.readouterr().err
   assert not os.path.exists(tmp_path / 'o')
+
+
+def test_cifar100_runs_are_the_thesis_configs(tmp_path):
+  """2 checkpoints x 3 seeds as the README lists them; Global DE on every checkpoint."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  ckpts = [str(tmp_path / f'byol-{i}') for i in range(1, 4)]
+  for path in ckpts:
+    os.makedirs(path)
+  jobs = reproduce.cifar100_jobs(['starsse', 'global_de'], ckpts, 3, str(tmp_path / 'o'))
+  assert [(j.method, j.seed) for j in jobs] == [
+      (m, s) for s in range(1, 7) for m in ('starsse', 'global_de')]
+  for job in jobs:
+    expected = importlib.import_module(f'configs.{job.method}').get_config()
+    got = job.config.to_dict()
+    if job.method == 'global_de':
+      assert tuple(got.pop('ckpts')) == tuple(ckpts)
+      expected.ckpts = ()
+    else:
+      assert got.pop('ckpt') == ckpts[0 if job.seed <= 3 else 1]
+    assert got.pop('seed') == job.seed and got.pop('progress') is False
+    want = expected.to_dict()
+    for key in ('ckpt', 'ckpts', 'seed', 'progress'):
+      want.pop(key, None)
+      got.pop(key, None)
+    assert got == want
+    assert job.workdir == str(tmp_path / 'o' / job.method / f'seed={job.seed}')

@@ -1,0 +1,435 @@
+"""Step-for-step parity with the PyTorch reference's own training loop, in float64.
+
+  python bench/parity_reference.py --reference-dir DIR [--methods single,sse,...]
+      [--width 64 --image-size 32 --classes 0,1,2,3,4 --batch-size 128 --epochs 2]
+      [--json OUT.json] [--golden tests/golden_trajectories.json]
+
+DIR is a checkout of ens-hse-diploma (never part of this repository). For every method the
+script runs the reference's `main.main` -> `training.train` in this process and this engine's
+`run_experiment`, both from the same start weights (the reference's ImageNetResNet18 drawn by
+torch with seed 0, saved as a torch .pt that the engine loads as a pre-trained checkpoint with a
+head of the task's size), on the same batches, with augmentation off and float64 on both sides
+(torch .double(), JAX with jax_enable_x64 and config.dtype='float64'). It prints, per method,
+the largest per-step differences of the cross-entropy, of each regulariser term and of the
+learning rate, and the per-layer weight differences of every member at its boundary.
+
+What the script supplies to the reference (its code is run unchanged):
+  * data: the project's digits split (config.class_subset), normalised by the engine's own
+    'none' transform, fed by a DataLoader whose sampler yields the engine's permutation
+    batches.epoch_order(seed, member, epoch) for the reference's running epoch (last partial
+    batch kept, as both loops do); `get_dataloaders` and `load_model` are replaced by these;
+  * stubs for imports the loop does not need here: wandb (its log calls are recorded: the
+    reference logs ce / fmap / wo / prev-CE and lr per step with wandb_log_rate=1), timm,
+    torchvision (the CUDA-only build does not load on CPU torch), pandas, matplotlib;
+  * ripserplusplus (GPU only): `run` answers with giotto-ph's pairs of the same matrix (birth
+    edge, death edge = the longest edge of the killing triangle), so both sides read the same
+    persistence pairs; only the ordering of equally persistent pairs can differ (the
+    reference's np.argsort is not stable, the engine's sort is);
+  * numpy 2 has no np.compat.long (used by the reference's RTD): set to np.int64.
+At width != 64 the reference's ImageNetResNet is built with scaled channels from its own
+BasicBlock, Builder and _make_layer (the class fixes width 64).
+
+Needs torch (CPU) and giotto-ph for the RTD method. --golden writes the reference's per-step
+values for tests/test_golden.py, and the start weights beside it (golden_start.npz).
+"""
+
+import argparse
+import glob
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import types
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# name -> (engine config overrides, shared by the reference's config under the same names)
+METHODS = {
+    'single': dict(num_fge=1, scheduler='cosine'),
+    'sse': dict(num_fge=3),
+    'starsse': dict(num_fge=3, star_fge=True),
+    'sse_mse': dict(num_fge=3, fmap_betas=(0.0, 0.0, 0.0, 0.0, 1.0), fmap_loss_type='MSELoss'),
+    'sse_rtd': dict(num_fge=3, fmap_betas=(0.0, 0.0, 0.0, 0.0, 0.0316),
+                    fmap_loss_type='RTDLoss'),
+    'starsse_wo': dict(num_fge=3, star_fge=True, wo_beta=1.0),
+    'starsse_ce': dict(num_fge=3, star_fge=True, prev_ce_beta=1.0, only_negative=True),
+    'freeze_starsse': dict(num_fge=3, star_fge=True,
+                           freeze_layers=('conv1', 'bn1', 'relu', 'maxpool', 'layer1')),
+}
+# reference wandb key -> engine metric name
+TERMS = {'batch_loss': 'ce', 'batch_fmap_loss': 'fmap4', 'batch_wo_loss': 'wo',
+         'batch_prev_ce_loss': 'prev_ce', 'lr': 'lr'}
+
+
+def base_settings(args):
+  return dict(seed=0, lr=0.05, fge_lr=0.1, wd=1e-4, momentum=0.9, epochs=args.epochs,
+              fge_epochs=args.epochs, fge_warmup_epochs=0, scheduler='cosine+warmup_cosine',
+              batch_size=args.batch_size)
+
+
+# ---------------------------------------------------------------- the reference, in-process
+def _stub(name, **attrs):
+  mod = types.ModuleType(name)
+  mod.__dict__.update(attrs)
+  sys.modules[name] = mod
+  return mod
+
+
+class _Anything:
+  """A placeholder class / callable for names imported but not used here."""
+
+  def __init__(self, *a, **k):
+    pass
+
+  def __call__(self, *a, **k):
+    return self
+
+
+def _stub_getattr(name):
+  if name.startswith('__'):
+    raise AttributeError(name)
+  return _Anything
+
+
+class _StubFinder:
+  """Imports of these packages (any submodule) give empty modules whose names are _Anything."""
+
+  def __init__(self, prefixes):
+    self.prefixes = prefixes
+
+  def find_spec(self, fullname, path=None, target=None):
+    del path, target
+    if fullname.split('.')[0] not in self.prefixes:
+      return None
+    import importlib.machinery  # pylint: disable=g-import-not-at-top
+    return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+
+  def create_module(self, spec):
+    mod = types.ModuleType(spec.name)
+    mod.__path__ = []
+    mod.__getattr__ = _stub_getattr
+    return mod
+
+  def exec_module(self, module):
+    pass
+
+
+def _ripserpp_run(_, dm):
+  """ripserplusplus.run's answer in dimension 1 from giotto-ph (see module docstring)."""
+  import gph  # pylint: disable=g-import-not-at-top
+  dm = np.asarray(dm, np.float64)
+  rc = gph.ripser_parallel(dm, maxdim=1, metric='precomputed', collapse_edges=False,
+                           n_threads=1, return_generators=True)
+  g = np.asarray(rc['gens'][1][0], np.int64).reshape(-1, 4)
+  dgm = np.stack([dm[g[:, 0], g[:, 1]], dm[g[:, 2], g[:, 3]]], 1) if len(g) else np.zeros((0, 2))
+  pairs = [((int(a), int(b)), (int(c), int(d))) for a, b, c, d in g]
+  return {'dgms': {1: dgm}, 'pairs': {1: pairs}}
+
+
+def import_reference(refdir, log):
+  """Imports the reference's main / training / utils with the stubs; returns `main`."""
+  if not os.path.isfile(os.path.join(refdir, 'main.py')):
+    raise FileNotFoundError(f'{refdir} has no main.py; pass the ens-hse-diploma checkout '
+                            'as --reference-dir')
+  _stub('wandb', log=log, watch=lambda *a, **k: None, init=lambda *a, **k: None,
+        finish=lambda *a, **k: None, run=types.SimpleNamespace(summary={}),
+        Settings=_Anything)
+  sys.meta_path.insert(0, _StubFinder(('timm', 'torchvision')))
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  for name in ('pandas', 'matplotlib'):  # imported by unused utils; stubbed only when missing
+    if importlib.util.find_spec(name) is None:
+      sys.meta_path.insert(0, _StubFinder((name,)))
+  _stub('ripserplusplus', run=_ripserpp_run)
+  if not hasattr(np, 'compat'):
+    np.compat = types.SimpleNamespace(long=np.int64)
+  sys.path.insert(0, refdir)
+  import main as ref_main  # pylint: disable=g-import-not-at-top
+  return ref_main
+
+
+def reference_resnet18(num_classes, width):
+  """The reference's ImageNetResNet18 (width 64), or the same layout with scaled channels."""
+  import torch.nn as tnn  # pylint: disable=g-import-not-at-top
+  from models.cnn import imagenet_resnet as ir  # pylint: disable=g-import-not-at-top
+  from models.cnn.builder import Builder  # pylint: disable=g-import-not-at-top
+  if width == 64:
+    return ir.ImageNetResNet18.base(num_classes=num_classes, **ir.ImageNetResNet18.kwargs)
+
+  class Scaled(ir.ImageNetResNet):
+    def __init__(self):  # pylint: disable=super-init-not-called
+      tnn.Module.__init__(self)
+      b = Builder()
+      self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
+      self.conv1 = b.conv(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+      self.bn1 = b.batchnorm(width)
+      self.relu = tnn.ReLU(inplace=True)
+      self.maxpool = tnn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+      for i in range(4):
+        setattr(self, f'layer{i + 1}', self._make_layer(b, ir.BasicBlock, width * 2**i, 2,
+                                                        stride=1 if i == 0 else 2))
+      self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
+      self.fc = b.linear(8 * width, num_classes)
+  return Scaled()
+
+
+class EngineOrder:
+  """Sampler: the engine's permutation for the reference's running epoch."""
+
+  def __init__(self, n, seed, epochs, fge_epochs):
+    self.n, self.seed, self.epochs, self.fge_epochs, self.calls = n, seed, epochs, fge_epochs, 0
+
+  def __len__(self):
+    return self.n
+
+  def __iter__(self):
+    from enstransfer_jax.data import batches  # pylint: disable=g-import-not-at-top
+    self.calls += 1
+    g = self.calls
+    if g <= self.epochs:
+      member, epoch = 1, g
+    else:
+      member, epoch = (g - self.epochs - 1) // self.fge_epochs + 2, (g - self.epochs - 1) % self.fge_epochs + 1
+    return iter(batches.epoch_order(self.seed, member, epoch, self.n).tolist())
+
+
+def run_reference(ref_main, name, settings, data, start_pt, args, records):
+  import torch  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  # The reference's configs/ package shares its name with this project's: load by path.
+  spec = importlib.util.spec_from_file_location(
+      'ref_byol_base', os.path.join(args.reference_dir, 'configs', 'byol', 'byol_base.py'))
+  byol_base = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(byol_base)
+  BYOLBaseConfig = byol_base.BYOLBaseConfig  # pylint: disable=invalid-name
+  import data.get_datasets as ref_ds  # pylint: disable=g-import-not-at-top
+  import utils as ref_utils  # pylint: disable=g-import-not-at-top
+  torch.set_default_dtype(torch.float64)
+  work = tempfile.mkdtemp(prefix=f'ref_{name}_')
+  over = dict(METHODS[name])
+  over.setdefault('fmap_betas', (0.0,) * 5)
+  fields = {k: v for k, v in dict(settings, **over).items()
+            if k in BYOLBaseConfig.__dataclass_fields__}
+  fields['fmap_betas'] = list(fields['fmap_betas'])
+  fields['freeze_layers'] = list(over.get('freeze_layers', ()))
+  cfg = BYOLBaseConfig(work_dir=work, dataset='digits', model='ImageNetResNet18', ckpt='',
+                       use_wandb=True, wandb_log_rate=1, save_logits=False, valid_freq=1000,
+                       verbose=False, **fields)
+  if cfg.num_fge == 1:
+    cfg.fge_epochs, cfg.fge_lr = None, None
+  ref_ds.DS_TO_METRIC_AND_N_CLASSES['digits'] = ('top1_acc', data.num_classes)
+  train_x, train_y, test_x, test_y = data.ref_tensors
+  sampler = EngineOrder(len(train_y), settings['seed'], settings['epochs'],
+                        settings['fge_epochs'])
+  ds = torch.utils.data.TensorDataset
+  loaders = {'train': torch.utils.data.DataLoader(ds(train_x, train_y), settings['batch_size'],
+                                                  sampler=sampler),
+             'test': torch.utils.data.DataLoader(ds(test_x, test_y), 256)}
+  ref_main.get_dataloaders = lambda *a, **k: loaders
+
+  def load_model(config, builder_kwargs=None):
+    del builder_kwargs
+    model = reference_resnet18(config.num_classes, args.width)
+    model.load_state_dict(torch.load(start_pt)['model_state'])
+    return model.double()
+
+  ref_main.load_model = load_model
+  ref_utils.init_wandb = lambda *a, **k: None
+  ref_main.utils.init_wandb = ref_utils.init_wandb
+  records.clear()
+  random.seed(0)
+  real_load = torch.load
+  # The reference reloads its own member files (StarSSE); they hold its config: not weights only.
+  torch.load = lambda *a, **k: real_load(*a, **dict(k, weights_only=False))
+  try:
+    ref_main.main(cfg)
+  finally:
+    torch.load = real_load
+  steps = [{TERMS[k]: float(v) for k, v in r.items() if k in TERMS}
+           for r in records if 'batch_loss' in r]
+  files = sorted(glob.glob(os.path.join(cfg.work_dir, '*.pt')),
+                 key=lambda p: int(p.rsplit('_ep=', 1)[1].split('.')[0]))
+  members = [{k: v.double().numpy()
+              for k, v in torch.load(p, weights_only=False)['model_state'].items()}
+             for p in files]
+  shutil.rmtree(work, ignore_errors=True)
+  return steps, members
+
+
+# ---------------------------------------------------------------- the engine
+def torch_names(variables):
+  """{'params', 'batch_stats'} of a ResNet -> torch state-dict names, float64 numpy, torch
+  layout (no precision lost, unlike checkpoints.flax_to_torch's float32)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+    keys = [p.key for p in path]
+    col, mods, last = keys[0], keys[1:-1], keys[-1]
+    a = np.asarray(leaf, np.float64)
+    if col == 'batch_stats':
+      last = {'mean': 'running_mean', 'var': 'running_var'}[last]
+    elif last == 'kernel':
+      last, a = 'weight', (a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T)
+    elif last == 'scale':
+      last = 'weight'
+    out['.'.join(mods + [last])] = a
+  return out
+
+
+def run_engine(name, settings, args, start_pt, workroot):
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import base  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import config_check, run_experiment  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
+  assert jax.config.jax_enable_x64
+  if 'float64' not in config_check.DTYPES:
+    config_check.DTYPES = tuple(config_check.DTYPES) + ('float64',)
+  c = base.get_config()
+  for k, v in dict(settings, **METHODS[name]).items():
+    c[k] = v
+  c.update(dict(name=name, dataset='digits', class_subset=tuple(args.classes),
+                model='ResNet18', width=args.width, image_size=args.image_size,
+                transform_name='none', ckpt=start_pt, dtype='float64', valid_freq=0,
+                progress=False, compilation_cache_dir='', wandb_mode='disabled',
+                log_every_steps=1, eval_batch_size=256, rtd_workers=0))
+  saved = {}
+  real_save = wd.save_member
+
+  def save_member(workdir, index, variables, probs, metadata):
+    saved[index] = torch_names(variables)
+    return real_save(workdir, index, variables, probs, metadata)
+
+  wd.save_member = save_member
+  workdir = os.path.join(workroot, name)
+  try:
+    run_experiment(c, workdir)
+  finally:
+    wd.save_member = real_save
+  steps = []
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for line in f:
+      rec = json.loads(line)
+      if rec.get('event') == 'train':
+        steps.append(rec)
+  steps.sort(key=lambda r: r['step'])
+  return steps, [saved[i] for i in sorted(saved)]
+
+
+# ---------------------------------------------------------------- comparison
+def compare(ref_steps, eng_steps, ref_members, eng_members):
+  """Largest differences per term over all steps, and per member the worst layer."""
+  out = {'steps': len(ref_steps), 'engine_steps': len(eng_steps), 'terms': {}, 'members': []}
+  for term in ('ce', 'fmap4', 'wo', 'prev_ce', 'lr'):
+    diffs = []
+    for r, e in zip(ref_steps, eng_steps):
+      if term in r:
+        diffs.append(abs(r[term] - float(e.get(term, 0.0))))
+    if diffs and (max(diffs) > 0 or any(r.get(term) for r in ref_steps)):
+      worst = int(np.argmax(diffs))
+      out['terms'][term] = {'max_abs': max(diffs), 'at_step': worst,
+                            'first_above_1e-9': next((i for i, d in enumerate(diffs)
+                                                      if d > 1e-9), None)}
+  for j, (r, e) in enumerate(zip(ref_members, eng_members)):
+    layer_diff = {k: float(np.max(np.abs(r[k] - e[k]))) for k in r if k in e}
+    worst = max(layer_diff, key=layer_diff.get)
+    out['members'].append({'member': j + 1, 'max_abs': layer_diff[worst], 'layer': worst,
+                           'missing': sorted(set(r) ^ set(e) - {k for k in r
+                                                                if k.endswith('num_batches_tracked')})})
+  return out
+
+
+def prepare_data(args):
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from configs import base  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.data import augment, datasets  # pylint: disable=g-import-not-at-top
+  c = base.get_config()
+  c.dataset, c.class_subset = 'digits', tuple(args.classes)
+  data = datasets.load_dataset(c)
+  norm = jax.jit(lambda x: augment.train_transform(jax.random.PRNGKey(0), x, transform='none',
+                                                   image_size=args.image_size))
+
+  def tensors(images):
+    x = np.asarray(norm(images), np.float32).transpose(0, 3, 1, 2)
+    return torch.from_numpy(x.astype(np.float64))
+
+  ref_tensors = (tensors(data.train_images), torch.from_numpy(data.train_labels).long(),
+                 tensors(data.test_images), torch.from_numpy(data.test_labels).long())
+  return types.SimpleNamespace(num_classes=data.num_classes, train_labels=data.train_labels,
+                               ref_tensors=ref_tensors)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--reference-dir', required=True)
+  p.add_argument('--methods', default=','.join(METHODS))
+  p.add_argument('--width', type=int, default=64)
+  p.add_argument('--image-size', type=int, default=32)
+  p.add_argument('--classes', default='0,1,2,3,4')
+  p.add_argument('--batch-size', type=int, default=128)
+  p.add_argument('--epochs', type=int, default=2, help='epochs per member')
+  p.add_argument('--json', default='', help='write the comparison here')
+  p.add_argument('--golden', default='', help='write the reference per-step values here')
+  args = p.parse_args(argv)
+  args.classes = [int(x) for x in args.classes.split(',')]
+  methods = [m.strip() for m in args.methods.split(',') if m.strip()]
+  bad = [m for m in methods if m not in METHODS]
+  if bad:
+    p.error(f'unknown method(s) {bad}; use {",".join(METHODS)}')
+  if args.image_size != 32:
+    p.error('--image-size: the digits are 32 px; the none transform keeps them')
+
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_enable_x64', True)
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(max(1, os.cpu_count() or 1))
+  records = []
+  ref_main = import_reference(os.path.abspath(args.reference_dir),
+                              lambda d, *a, **k: records.append(dict(d)))
+  data = prepare_data(args)
+  settings = base_settings(args)
+  scratch = tempfile.mkdtemp(prefix='parity_')
+  torch.manual_seed(0)
+  start = reference_resnet18(data.num_classes, args.width)  # torch's default init, float32
+  start_pt = os.path.join(scratch, 'start.pt')
+  torch.save({'model_state': start.state_dict()}, start_pt)
+
+  results, golden = {}, {}
+  for name in methods:
+    t0 = time.time()
+    ref_steps, ref_members = run_reference(ref_main, name, settings, data, start_pt, args,
+                                           records)
+    t1 = time.time()
+    eng_steps, eng_members = run_engine(name, settings, args, start_pt, scratch)
+    t2 = time.time()
+    res = compare(ref_steps, eng_steps, ref_members, eng_members)
+    res['seconds'] = {'reference': round(t1 - t0, 1), 'engine': round(t2 - t1, 1)}
+    results[name] = res
+    golden[name] = {'overrides': {k: list(v) if isinstance(v, tuple) else v
+                                  for k, v in METHODS[name].items()},
+                    'steps': ref_steps}
+    terms = ', '.join(f'{t} {v["max_abs"]:.1e}' for t, v in res['terms'].items())
+    mem = ', '.join(f'm{m["member"]} {m["max_abs"]:.1e} ({m["layer"]})' for m in res['members'])
+    print(f'{name:15s} steps {res["steps"]}/{res["engine_steps"]} | max |diff| per step: '
+          f'{terms} | weights at member ends: {mem} | {res["seconds"]}', flush=True)
+  meta = {'settings': settings, 'width': args.width, 'image_size': args.image_size,
+          'classes': args.classes, 'command': 'python bench/parity_reference.py ' +
+          ' '.join(sys.argv[1:] if argv is None else argv)}
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'meta': meta, 'results': results}, f, indent=1)
+  if args.golden:
+    with open(args.golden, 'w') as f:
+      json.dump({'meta': meta, 'methods': golden}, f, indent=1)
+    np.savez_compressed(os.path.join(os.path.dirname(args.golden) or '.', 'golden_start.npz'),
+                        **{k: v.numpy() for k, v in start.state_dict().items()})
+  shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,7 +1,8 @@
-"""Every bad input of the README's table: one clear line, and no earlier output damaged.
+"""Every bad input of the README's table: one clear line of its own, and no output damaged.
 
-A finished tiny run is made once; each bad input is then tried against the same work dir, and
-every file in it must be byte-identical afterwards.
+Each bad config is tried on a fresh work dir, which must not be created (inputs are checked
+first); a config that differs from a finished run's is tried on that run (conftest.py's shared
+StarSSE run), every file of which must be byte-identical afterwards.
 """
 
 import errno
@@ -34,10 +35,8 @@ def _snapshot(path):
 
 
 @pytest.fixture(scope='module')
-def finished(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('finished'))
-  run_experiment(engine_util.tiny_config(num_fge=2), workdir)
-  return workdir
+def finished(starsse_run):
+  return starsse_run[0]
 
 
 def _pt_file(tmp_path, state):
@@ -61,20 +60,34 @@ CONFIG_ERRORS = [
     ('grad_accum_steps not dividing the batch', {'grad_accum_steps': 7}, 'grad_accum_steps=7'),
     ('unknown dtype', {'dtype': 'float8'}, "dtype='float8' is unknown"),
     ('missing checkpoint', {'ckpt': '/nonexistent/byol.pt'}, 'convert_byol.py'),
-    ('class_subset with a label outside the dataset', {'class_subset': (3, 42)}, 'class_subset'),
-    ('work dir holding a different config', {'lr': 0.123}, 'holds a run with a different config'),
+    ('class_subset with a label outside the dataset', {'class_subset': (3, 42)},
+     'class_subset (3, 42) must hold distinct labels in 0..9'),
 ]
 
 
 @pytest.mark.parametrize('what, overrides, message', CONFIG_ERRORS, ids=[e[0] for e in CONFIG_ERRORS])
-def test_config_error_is_one_line_and_harmless(finished, what, overrides, message):
+def test_config_error_is_one_line_and_harmless(tmp_path, what, overrides, message):
   del what
-  before = _snapshot(finished)
+  workdir = tmp_path / 'run'
   with pytest.raises((ValueError, FileNotFoundError)) as info:
-    run_experiment(engine_util.tiny_config(num_fge=2, **overrides), finished)
+    run_experiment(engine_util.tiny_config(num_fge=2, **overrides), str(workdir))
   assert message in str(info.value), str(info.value)
   assert '\n' not in str(info.value)
-  assert _snapshot(finished) == before
+  assert 'different config' not in str(info.value)
+  assert not workdir.exists()
+
+
+def test_work_dir_holding_a_different_config(starsse_run):
+  workdir, _, _, config = starsse_run
+  before = _snapshot(workdir)
+  config = config.copy_and_resolve_references()
+  config.lr = 0.123
+  with pytest.raises(ValueError) as info:
+    run_experiment(config, workdir)
+  assert str(info.value) == (
+      f'work dir {workdir} holds a run with a different config (lr: 0.05 there, 0.123 here); '
+      'choose another --workdir or pass --config.overwrite=True')
+  assert _snapshot(workdir) == before
 
 
 def test_checkpoint_of_another_architecture(finished, tmp_path):
@@ -99,8 +112,8 @@ def test_state_dict_that_is_not_a_resnet(tmp_path):
   path = _pt_file(tmp_path, {'model_state': {'encoder.weight': torch.zeros(3, 3)}})
   with pytest.raises(ValueError) as info:
     checkpoints.load_pretrained(path)
-  assert 'encoder.weight' in str(info.value) or 'ResNet' in str(info.value)
-  assert '\n' not in str(info.value)
+  assert str(info.value) == ('not a ResNet-18/34/50 state dict: blocks per stage [0, 0, 0, 0], '
+                             "bottleneck=False, first keys ['encoder.weight']")
 
 
 def test_corrupt_member_checkpoint(finished, tmp_path):
@@ -109,9 +122,11 @@ def test_corrupt_member_checkpoint(finished, tmp_path):
   for root, _, files in os.walk(broken / 'variables'):
     for name in files:
       open(os.path.join(root, name), 'wb').close()  # truncate every array file
-  with pytest.raises(Exception) as info:
+  with pytest.raises(ValueError) as info:
     checkpoints.load_pretrained(str(broken))
-  assert '\n' not in str(info.value).strip() and str(broken) in str(info.value)
+  message = str(info.value)
+  assert message.startswith(f'{broken} is corrupt or half-written (')
+  assert message.endswith('); convert or train it again') and '\n' not in message
 
 
 def test_corrupt_progress_file(tmp_path):
@@ -174,17 +189,38 @@ def test_dataset_not_prepared_and_offline_via_cli(tmp_path):
 
 
 def test_existing_output_dir_of_the_converter(tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch_resnet  # pylint: disable=g-import-not-at-top
+  source = _pt_file(tmp_path, torch_resnet.TorchResNet('ResNet18', 10, width=4).state_dict())
   out_dir = tmp_path / 'converted'
   out_dir.mkdir()
   (out_dir / 'keep.txt').write_text('precious')
-  res = subprocess.run([sys.executable, 'convert_byol.py', str(tmp_path / 'x.pt'), str(out_dir)],
+  res = subprocess.run([sys.executable, 'convert_byol.py', source, str(out_dir)],
                        cwd=ROOT, capture_output=True, text=True)
-  assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
+  assert res.returncode != 0
+  assert res.stderr.strip() == (f'error: {out_dir} already exists; pass --force (force=True) '
+                                'to replace it')
+  assert os.listdir(out_dir) == ['keep.txt']
   assert (out_dir / 'keep.txt').read_text() == 'precious'
+  del torch
 
 
-def test_summary_never_half_written(finished):
+def test_summary_never_half_written(finished, tmp_path):
+  """A process killed (SIGKILL) half-way through rewriting summary.json leaves the old file."""
   # Files are written through a temporary name and renamed: no .tmp- file survives a run.
-  leftovers = [f for f in _snapshot(finished) if '.tmp-' in f]
-  assert not leftovers
-  json.load(open(os.path.join(finished, 'summary.json')))
+  assert not [f for f in _snapshot(finished) if '.tmp-' in f]
+  path = tmp_path / 'summary.json'
+  shutil.copy(os.path.join(finished, 'summary.json'), path)
+  before = path.read_bytes()
+  script = (f'import sys; sys.path.insert(0, {ROOT!r})\n'
+            'import json, os, signal\n'
+            'from enstransfer_jax.training import workdir as wd\n'
+            'def dump(obj, f, **kw):\n'
+            '  f.write(json.dumps(obj)[:100]); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n'
+            'json.dump = dump\n'
+            f'wd.write_json({str(path)!r}, {{"members": list(range(10000))}})\n')
+  res = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
+  assert res.returncode == -9, res.stderr[-2000:]
+  assert path.read_bytes() == before
+  half = [f for f in os.listdir(tmp_path) if '.tmp-' in f]
+  assert len(half) == 1 and (tmp_path / half[0]).read_text().startswith('{"members": [0, 1')

@@ -14,8 +14,9 @@ One work dir per run, <out>/<method>/seed=S (what main.py writes, plus wall_time
 seconds of the call that finished the run); a finished run is read back, not trained again, so
 the command resumes. Then <out>/table.md and <out>/table.csv hold, per method, the mean +- std
 over seeds (sample std, ddof 1) of the mean member accuracy, the ensemble accuracy with all
-members and with the first k = 1..K, NLL, diversity and wall time, and for every method against
-StarSSE the paired difference over seeds d_s = x_s(method) - x_s(StarSSE) of the ensemble
+members and with the first k = 1..K, NLL, diversity, wall time and the seconds per epoch of
+cycles 2..K without their first epochs (compilation; `cycle_epoch_seconds`), and for every
+method against StarSSE the paired difference over seeds d_s = x_s(method) - x_s(StarSSE) of the ensemble
 accuracy, NLL and diversity: mean(d) +- t_{0.975, n-1} sd(d) / sqrt(n), the 95% t-interval.
 An interval that excludes 0 marks a resolved difference. For cifar100 the table also holds the
 thesis's Table 4.1 values (analysis/thesis.py).
@@ -247,6 +248,22 @@ def paired_interval(x, y, level=0.95):
   return mean, mean - half, mean + half
 
 
+def cycle_epoch_seconds(workdir):
+  """Median seconds between consecutive epochs of the same member in cycles 2..K (the first
+  epoch of every member, which holds compilation, excluded), from metrics.jsonl; a stage of
+  parallel members counts once per epoch. nan without cycles."""
+  times = {}
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        e = json.loads(line)
+        if e.get('event') == 'epoch' and e.get('member', 1) > 1:
+          times.setdefault(e['member'], []).append(e['time'])
+  gaps = [g for t in times.values() for g in np.diff(t)]
+  return float(np.median(gaps)) if gaps else float('nan')
+
+
 def run_values(summary):
   """The per-run numbers the table aggregates (accuracies in %)."""
   ens = summary['ensembles']
@@ -256,6 +273,7 @@ def run_values(summary):
       'ensemble_nll': ens[-1]['nll'],
       'diversity': summary['diversity'] if len(ens) > 1 else float('nan'),
       'wall_seconds': summary.get('wall_seconds', float('nan')),
+      'cycle_epoch_seconds': cycle_epoch_seconds(summary['workdir']),
       'acc_by_size': [100 * e['acc'] for e in ens],
   }
 
@@ -273,7 +291,8 @@ def table_rows(results, methods, reference=REFERENCE):
       continue
     seeds = sorted(runs)
     row = {'method': m, 'seeds': len(seeds), 'members': len(runs[seeds[0]]['acc_by_size'])}
-    for key in ('member_acc', 'ensemble_acc', 'ensemble_nll', 'diversity', 'wall_seconds'):
+    for key in ('member_acc', 'ensemble_acc', 'ensemble_nll', 'diversity', 'wall_seconds',
+                'cycle_epoch_seconds'):
       row[f'{key}_mean'], row[f'{key}_std'] = mean_std([runs[s][key] for s in seeds])
     sizes = min(len(runs[s]['acc_by_size']) for s in seeds)
     for k in range(sizes):
@@ -311,11 +330,12 @@ def _diff(row, key, spec='.2f'):
 def markdown(rows, reference=REFERENCE, thesis_rows=None):
   """table.md: the main table, ensemble accuracy by size, and the paired differences."""
   lines = ['| method | seeds | K | mean member acc (%) | ensemble acc (%) | NLL | diversity | '
-           'wall time / run (s) |', '|' + '---|' * 8]
+           'wall time / run (s) | s / cycle epoch |', '|' + '---|' * 9]
   for r in rows:
     lines.append(f"| {r['method']} | {r['seeds']} | {r['members']} | {_pm(r, 'member_acc')} | "
                  f"{_pm(r, 'ensemble_acc')} | {_pm(r, 'ensemble_nll', '.4f')} | "
-                 f"{_pm(r, 'diversity')} | {_pm(r, 'wall_seconds', '.0f')} |")
+                 f"{_pm(r, 'diversity')} | {_pm(r, 'wall_seconds', '.0f')} | "
+                 f"{_pm(r, 'cycle_epoch_seconds')} |")
   k_max = max(r['members'] for r in rows)
   lines += ['', 'Ensemble accuracy (%) of the first k members:', '',
             '| method | ' + ' | '.join(f'k = {k}' for k in range(1, k_max + 1)) + ' |',

@@ -167,3 +167,59 @@ def test_load_dataset_keeps_whole_encoded_train_images_for_imagenet():
     assert (h, w) == ex['image'].shape[:2] and label == ex['label']
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data)).convert('RGB')),
                                   ex['image'])
+
+
+def _dtd_run(workdir, monkeypatch, signal_at=0, seen=None):
+  """A tiny StarSSE run on mocked dtd with host crops; signal_at: SIGTERM at that step."""
+  import os  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import run_experiment  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  from tests import engine_util  # pylint: disable=g-import-not-at-top
+  real, calls = step_lib.make_train_step, [0]
+
+  def make(model, tx, config, terms):
+    step = real(model, tx, config, terms)
+
+    def wrapped(state, batch, aux):
+      calls[0] += 1
+      if seen is not None:
+        seen.append((config.transform_name, np.asarray(batch['images'])))
+      if calls[0] == signal_at:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step(state, batch, aux)
+    return wrapped
+
+  monkeypatch.setattr(step_lib, 'make_train_step', make)
+  config = engine_util.tiny_config(
+      dataset='dtd', transform_name='imagenet', image_size=16, batch_size=3,
+      eval_batch_size=8, num_fge=2, star_fge=True, epochs=2, fge_epochs=1,
+      checkpoint_every_steps=1)
+  with tfds.testing.mock_data(num_examples=4):  # train+validation: 4 images, batches 3 + 1
+    run_experiment(config, workdir)
+  monkeypatch.setattr(step_lib, 'make_train_step', real)
+  return config
+
+
+def test_engine_trains_on_host_crops_and_resumes_exactly(tmp_path, monkeypatch):
+  from enstransfer_jax.training import resume  # pylint: disable=g-import-not-at-top
+  seen = []
+  config = _dtd_run(str(tmp_path / 'whole'), monkeypatch, seen=seen)
+  with tfds.testing.mock_data(num_examples=4):
+    data = datasets.load_dataset(config)
+  n = len(data.train_labels)
+  assert data.train_encoded is not None and n == 4
+  # The step gets 16 px crops of the whole images (the host pipeline's), flips and normalises.
+  orders = [batches.epoch_order(config.seed, 1, 1, n)]
+  want = next(hp.HostCrops(data.train_encoded, 16).epoch(config.seed, [1], 1, orders, 3))
+  assert seen[0][0] == 'host_crop'
+  np.testing.assert_array_equal(seen[0][1], want)
+  # Stopped after member 1's third step (epoch 2, batch 1; epoch 1 ended with a padded
+  # batch), then run again.
+  with pytest.raises(resume.Interrupted):
+    _dtd_run(str(tmp_path / 'cut'), monkeypatch, signal_at=3)
+  _dtd_run(str(tmp_path / 'cut'), monkeypatch)
+  for i in (1, 2):
+    whole, cut = (np.load(str(tmp_path / d / 'members' / str(i) / 'test_probs.npy'))
+                  for d in ('whole', 'cut'))
+    np.testing.assert_array_equal(whole, cut)

@@ -46,8 +46,8 @@ CIFAR_METHODS = ('single', 'local_de', 'global_de', 'sse', 'starsse', 'sse_rtd',
                  'starsse_ce', 'freeze_starsse')
 CIFAR_CHECKPOINTS = 2  # the thesis's runs: 2 checkpoints x 3 seeds
 WALL_TIME = 'wall_time.json'
-# Paired differences against the reference method: (column, summary value, percent?).
-PAIRED = (('ensemble_acc', True), ('ensemble_nll', False), ('diversity', False))
+# The values whose paired differences against the reference method the table holds.
+PAIRED = ('ensemble_acc', 'ensemble_nll', 'diversity')
 
 
 @dataclasses.dataclass
@@ -300,7 +300,7 @@ def table_rows(results, methods, reference=REFERENCE):
           [runs[s]['acc_by_size'][k] for s in seeds])
     common = [s for s in seeds if s in ref]
     row['paired_seeds'] = len(common) if m != reference else 0
-    for key, _ in PAIRED:
+    for key in PAIRED:
       if m != reference and common:
         d = paired_interval([runs[s][key] for s in common], [ref[s][key] for s in common])
       else:
@@ -380,8 +380,8 @@ def thesis_comparison(results, rows):
   return out
 
 
-def write_table(out, rows, reference=REFERENCE, thesis_rows=None):
-  """table.md and table.csv in `out`; returns the markdown."""
+def write_table(out, rows, reference=REFERENCE, thesis_rows=None, name='table'):
+  """<name>.md and <name>.csv in `out`; returns the markdown."""
   from enstransfer_jax import atomic  # pylint: disable=g-import-not-at-top
   text = markdown(rows, reference, thesis_rows)
   columns = []
@@ -400,8 +400,8 @@ def write_table(out, rows, reference=REFERENCE, thesis_rows=None):
       f.write(text)
 
   os.makedirs(out, exist_ok=True)
-  atomic.write(os.path.join(out, 'table.csv'), write_csv)
-  atomic.write(os.path.join(out, 'table.md'), write_md)
+  atomic.write(os.path.join(out, f'{name}.csv'), write_csv)
+  atomic.write(os.path.join(out, f'{name}.md'), write_md)
   return text
 
 
@@ -425,6 +425,9 @@ def parse_args(argv):
   p.add_argument('--set', nargs='+', default=[], metavar='FIELD=VALUE',
                  help='change a config field of every run (e.g. --set epochs=10 width=16); a '
                       'changed task needs its own --out')
+  p.add_argument('--reference', default=REFERENCE,
+                 help='the method the paired differences are taken against (default starsse; '
+                      'another one writes table_vs_<method>.md / .csv)')
   p.add_argument('--table-only', action='store_true',
                  help='train nothing: the table of the runs already finished in --out')
   p.add_argument('--no-progress', action='store_true')
@@ -435,6 +438,8 @@ def parse_args(argv):
   if unknown:
     p.error(f'unknown method {unknown[0]!r} for --task {args.task}; use some of '
             f'{", ".join(known)}')
+  if args.reference not in known:
+    p.error(f'unknown --reference {args.reference!r}; use one of {", ".join(known)}')
   if args.seeds is None:
     args.seeds = 5 if args.task == 'digits' else 3
   if args.seeds < 1:
@@ -460,13 +465,14 @@ def reproduce(args, jobs=None):
     check_inputs(jobs)
   results = run_jobs(jobs, progress=not args.no_progress, train=not args.table_only)
   results = {k: v for k, v in results.items() if k[0] != 'pretrain'}
-  rows = table_rows(results, args.methods)
+  rows = table_rows(results, args.methods, args.reference)
   if not rows:
     raise FileNotFoundError(f'no finished run in {args.out}; run the command without '
                             '--table-only to train them')
   thesis_rows = thesis_comparison(results, rows) if args.task == 'cifar100' else None
-  print(write_table(args.out, rows, REFERENCE, thesis_rows))
-  print(f'wrote {os.path.join(args.out, "table.md")} and table.csv')
+  name = 'table' if args.reference == REFERENCE else f'table_vs_{args.reference}'
+  print(write_table(args.out, rows, args.reference, thesis_rows, name))
+  print(f'wrote {os.path.join(args.out, name)}.md and {name}.csv')
   return rows
 
 

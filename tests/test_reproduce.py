@@ -102,6 +102,13 @@ def test_finished_runs_are_not_trained_again(table, monkeypatch):
   reproduce.main(['--task', 'digits', '--seeds', '2', '--methods', *METHODS, '--out', table,
                   '--no-progress', '--set', *TINY])
   assert open(os.path.join(table, 'table.csv')).read() == before
+  reproduce.main(['--task', 'digits', '--seeds', '2', '--methods', *METHODS, '--out', table,
+                  '--no-progress', '--table-only', '--reference', 'sse', '--set', *TINY])
+  swapped, rows = _csv(os.path.join(table, 'table_vs_sse.csv')), _csv(os.path.join(table,
+                                                                                   'table.csv'))
+  for key in ('ensemble_acc_diff', 'diversity_diff'):
+    np.testing.assert_allclose(float(swapped['starsse'][key]), -float(rows['sse'][key]))
+  assert open(os.path.join(table, 'table.csv')).read() == before
 
 
 def test_bad_inputs(tmp_path, capsys):

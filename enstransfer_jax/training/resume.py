@@ -9,13 +9,20 @@ had L lines. Everything else a step needs is a pure function of (seed, member, e
 data order, augmentation, the learning rate, the member drawn for WO / prev-CE. So a resumed
 run repeats exactly what the uninterrupted run would have done.
 
-SIGINT and SIGTERM set a flag; the loop saves at the next step boundary and stops with
-`Interrupted`.
+Saves are asynchronous: `save` returns once the state is copied off the devices and the
+files are written in the background while the next steps run; the next save, `finish` and
+`clear` wait for it. orbax writes each save under a temporary name and marks it complete
+last, so a save cut short by SIGKILL is ignored on resume (the previous one is used).
+When to save: every `checkpoint_every_minutes` minutes (checked at every step), else at the
+end of every epoch; also every `checkpoint_every_steps` steps when set, at every stage's end,
+and on a signal. SIGINT and SIGTERM set a flag; the loop saves at the next step boundary,
+waits for the save to complete and stops with `Interrupted`.
 """
 
 import os
 import signal
 import shutil
+import time
 
 import orbax.checkpoint as ocp
 
@@ -28,10 +35,20 @@ class Interrupted(Exception):
 
 class Progress:
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, every_minutes=0.0, asynchronous=True):
     self.dir = os.path.abspath(os.path.join(workdir, 'progress'))
     self._manager = None
     self.stop_requested = False
+    self.every_minutes = float(every_minutes)
+    self.asynchronous = asynchronous
+    self.last_save = time.monotonic()
+    self.save_seconds = 0.0  # time the training loop spent blocked in save()
+
+  def due(self, end_of_epoch):
+    """Whether the policy asks for a save now (see the module docstring)."""
+    if self.every_minutes <= 0:
+      return end_of_epoch
+    return time.monotonic() - self.last_save >= 60 * self.every_minutes
 
   @property
   def manager(self):
@@ -62,14 +79,25 @@ class Progress:
     return dict(position, state_step=step)
 
   def save(self, state, *, stage, epoch, batch, lines):
-    step = self.manager.latest_step()
-    step = 0 if step is None else step + 1
+    start = time.monotonic()
     with wd.disk_errors(self.dir):
+      self.manager.wait_until_finished()  # the previous save
+      step = self.manager.latest_step()
+      step = 0 if step is None else step + 1
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           position=ocp.args.JsonSave({'stage': stage, 'epoch': epoch, 'batch': batch,
                                       'lines': lines})))
-      self.manager.wait_until_finished()
+      if not self.asynchronous or self.stop_requested:
+        self.manager.wait_until_finished()
+    self.last_save = time.monotonic()
+    self.save_seconds += self.last_save - start
+
+  def finish(self):
+    """Waits for a save in flight."""
+    if self._manager is not None:
+      with wd.disk_errors(self.dir):
+        self._manager.wait_until_finished()
 
   def restore(self, target, position):
     try:
@@ -82,6 +110,7 @@ class Progress:
 
   def clear(self):
     if self._manager is not None:
+      self._manager.wait_until_finished()
       self._manager.close()
       self._manager = None
     shutil.rmtree(self.dir, ignore_errors=True)

@@ -111,6 +111,8 @@ class HostCrops:
   def __init__(self, images, image_size, interpolation='bilinear', workers=0, prefetch=2):
     if interpolation not in INTERPOLATIONS:
       raise ValueError(f'unknown interpolation {interpolation!r}; use one of {INTERPOLATIONS}')
+    if int(workers) < 0:
+      raise ValueError(f'data_workers={workers} must be >= 0 (0 = one thread per core)')
     self.images = images
     self.size = int(image_size)
     self.interpolation = interpolation

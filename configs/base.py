@@ -49,6 +49,23 @@ def get_config():
   c.warmup_epochs = 0
   c.eta_min = 0.0
   c.grad_accum_steps = 1  # micro-batches per step (same update, less memory)
+  # The Swin recipe (the reference's configs/swin/swin_base.py names); these defaults leave
+  # ResNet runs as they were.
+  c.label_smoothing = 0.0  # targets (1 - ls) one-hot + ls / num_classes
+  c.clip_grad = 0.0  # clip the gradient to this global norm; 0 = off (the reference's None)
+  c.simmim = False  # SimMIM fine-tuning: layer-wise lr decay (Swin only)
+  c.layer_decay = 0.85  # lr scale per Swin layer group when simmim
+  c.aug = ml_collections.ConfigDict()  # transform_name='swin_imagenet' and Mixup / CutMix
+  c.aug.auto_augment = 'rand-m9-mstd0.5-inc1'  # timm RandAugment string, or 'none'
+  c.aug.color_jitter = 0.4  # inactive when auto_augment is set, as in timm
+  c.aug.reprob = 0.25  # random erasing probability
+  c.aug.remode = 'pixel'  # random erasing fill: per-pixel N(0, 1)
+  c.aug.recount = 1
+  c.aug.mixup = 0.0  # Mixup alpha (> 0 enables it); the Swin configs set 0.8
+  c.aug.cutmix = 0.0  # CutMix alpha (> 0 enables it); the Swin configs set 1.0
+  c.aug.mixup_prob = 1.0
+  c.aug.mixup_switch_prob = 0.5
+  c.aug.mixup_mode = 'batch'  # one lambda per batch (the only mode here)
 
   # Ensembles: SSE / StarSSE (num_fge members from one run), Local / Global DE.
   c.ensemble = 'sse'  # sse | local_de | global_de

@@ -11,6 +11,8 @@ Transforms (config.transform_name):
   cifar     train: zero-pad 4 (black, before normalising) + random crop S + horizontal flip;
             eval: normalise only (as 'none' when the images are not S x S).
   none      resize to S x S when the images are not S x S already, then normalise.
+  swin_imagenet  train: data/randaugment.py (timm's create_transform of the reference's Swin
+            configs; the step calls it); eval: as imagenet for S > 32, else as none.
   host_crop train only, for crops already cut and resized on the host (data/host_pipeline.py,
             'imagenet' on variable-size images): horizontal flip + normalise.
 
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-TRANSFORMS = ('imagenet', 'cifar', 'none')
+TRANSFORMS = ('imagenet', 'cifar', 'none', 'swin_imagenet')
 HOST_CROP = 'host_crop'  # train only; not a config choice
 CIFAR_PADDING = 4
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -219,6 +221,8 @@ def eval_transform(images, *, transform, image_size, interpolation='bilinear'):
   _check_images(images)
   _, height, width, _ = images.shape
   x = images.astype(jnp.float32) / 255.0
+  if transform == 'swin_imagenet':
+    transform = 'imagenet' if image_size > 32 else 'none'
   if transform != 'imagenet':
     return normalize(_resize_full(x, image_size, interpolation))
   short = eval_resize_size(image_size)

@@ -4,7 +4,7 @@ what is wrong and what to do."""
 import math
 
 from enstransfer_jax.data.augment import TRANSFORMS
-from enstransfer_jax.models.resnet import MODULE_NAMES as FREEZABLE
+from enstransfer_jax.models.resnet import MODULE_NAMES as FREEZABLE  # ResNet's; see freezable()
 from enstransfer_jax.training.plan import ENSEMBLES
 
 FMAP_LOSSES = ('RTDLoss', 'MinMaxRTDLoss', 'MSELoss', 'RTDLiteLoss')
@@ -70,9 +70,12 @@ def validate(config):
   if c.which_model_is_regularizer not in REGULARIZERS:
     _fail(f'which_model_is_regularizer={c.which_model_is_regularizer!r} is unknown; use first '
           'or pretrain')
-  unknown = [name for name in c.freeze_layers if name not in FREEZABLE]
+  names = freezable(c)
+  unknown = [name for name in c.freeze_layers if name not in names]
   if unknown:
-    _fail(f'freeze_layers has unknown module {unknown[0]!r}; modules are {", ".join(FREEZABLE)}')
+    _fail(f'freeze_layers has unknown module {unknown[0]!r}; modules of {c.model} are '
+          f'{", ".join(names)}')
+  _validate_recipe(c)
   if c.init_scheme not in ('torch', 'torchvision'):
     _fail(f"init_scheme={c.init_scheme!r} is unknown; use torch or torchvision")
   if c.dtype not in DTYPES:
@@ -111,10 +114,50 @@ def check_checkpoints(config):
         'to train from scratch)')
 
 
-def frozen_prefix(freeze_layers):
-  """The last module of the longest frozen prefix of the network (stop gradients after it)."""
+def freezable(config):
+  """Top-level module names of config.model in forward order (freeze_layers takes them)."""
+  from enstransfer_jax import models  # pylint: disable=g-import-not-at-top
+  try:
+    if not models.is_swin(config.model):
+      return FREEZABLE
+    return models.module_names(models.create_model(
+        config.model, 2, width=config.width, image_size=config.image_size))
+  except ValueError as err:
+    _fail(f'model={config.model!r} (width {config.width}, image_size {config.image_size}): '
+          f'{err}')
+
+
+def _validate_recipe(c):
+  """The Swin recipe's fields: smoothing, clipping, layer decay, Mixup / CutMix, augment."""
+  for name in ('label_smoothing', 'clip_grad', 'layer_decay'):
+    if not isinstance(c[name], (int, float)) or not math.isfinite(c[name]) or c[name] < 0:
+      _fail(f'{name}={c[name]!r} must be a finite number >= 0')
+  if c.label_smoothing >= 1:
+    _fail(f'label_smoothing={c.label_smoothing} must be in [0, 1)')
+  a = c.aug
+  for name in ('mixup', 'cutmix', 'mixup_prob', 'mixup_switch_prob', 'reprob', 'color_jitter'):
+    if not isinstance(a[name], (int, float)) or not math.isfinite(a[name]) or a[name] < 0:
+      _fail(f'aug.{name}={a[name]!r} must be a finite number >= 0')
+  if a.mixup_mode != 'batch' and (a.mixup > 0 or a.cutmix > 0):
+    _fail(f"aug.mixup_mode={a.mixup_mode!r} is not implemented; use 'batch' (the Swin configs')")
+  if c.transform_name.lower() == 'swin_imagenet':
+    from enstransfer_jax.data import randaugment  # pylint: disable=g-import-not-at-top
+    if str(a.auto_augment).lower() == 'none':
+      if a.color_jitter > 0:
+        _fail('aug.color_jitter without RandAugment is not implemented (timm applies it only '
+              'then); set aug.color_jitter=0 or aug.auto_augment=rand-m9-mstd0.5-inc1')
+    else:
+      randaugment.parse(a.auto_augment)
+    if a.reprob > 0 and (a.remode != 'pixel' or a.recount != 1):
+      _fail(f'aug.remode={a.remode!r} aug.recount={a.recount}: only pixel mode with one box '
+            'is implemented')
+
+
+def frozen_prefix(freeze_layers, names=FREEZABLE):
+  """The last module of the longest frozen prefix of the network (stop gradients after it);
+  `names`: the model's modules in forward order (freezable())."""
   last = None
-  for name in FREEZABLE:
+  for name in names:
     if name not in freeze_layers:
       break
     last = name

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from enstransfer_jax import losses, optim
-from enstransfer_jax.data import augment, mixup
+from enstransfer_jax.data import augment, mixup, randaugment
 from enstransfer_jax.models import swin
 from enstransfer_jax.training import streams
 
@@ -160,10 +160,15 @@ def make_train_step(model, tx, config, terms: Terms):
   """Returns the jitted multi-member train step (state donated)."""
   aug = functools.partial(augment.train_transform, transform=config.transform_name,
                           image_size=config.image_size, interpolation=config.interpolation)
+  a = config.get('aug', {})
+  if config.transform_name == 'swin_imagenet':  # timm's RandAugment + random erasing
+    aug = functools.partial(randaugment.swin_train_transform, image_size=config.image_size,
+                            interpolation=config.interpolation,
+                            auto_augment=a.auto_augment, reprob=float(a.reprob),
+                            remode=a.remode, recount=int(a.recount))
   aug_key = streams.key(config.seed, 'augment')
   drop_key = (streams.key(config.seed, 'dropout')
               if isinstance(model, swin.SwinTransformer) else None)
-  a = config.get('aug', {})
   mix = dict(smoothing=float(config.get('label_smoothing', 0.0)),
              mixup_alpha=float(a.get('mixup', 0.0)), cutmix_alpha=float(a.get('cutmix', 0.0)),
              prob=float(a.get('mixup_prob', 1.0)),

@@ -9,7 +9,8 @@ All take uint8 images [N, H, W, 3] and apply the run's eval transform on the dev
       once and the members under jax.vmap. Batches of a fixed size (the last one padded, then
       cut), so one compilation per image shape; the engine's test evaluation uses it too.
   Evaluator.features(variables, images)  the five maps (layer1..layer4, pooled), each flattened
-                                         per example: float32 numpy [N, D_l]
+                                         per example: float32 numpy [N, D_l]; None for a
+                                         slot the model lacks (a 2-stage Swin)
   Evaluator.recompute_bn(variables, images)
       variables whose batch_stats are the average of the per-batch train-mode statistics over
       `images` (eval transform), each batch weighted by its size: the reference's
@@ -48,7 +49,7 @@ class Evaluator:
     def forward(variables, images):
       logits, feats = model.apply(variables, prep(images), train=False)
       probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
-      return probs, tuple(f.reshape(f.shape[0], -1) for f in feats)
+      return probs, tuple(None if f is None else f.reshape(f.shape[0], -1) for f in feats)
 
     def batch_stats(params, zero_stats, images):
       _, new = model.apply({'params': params, 'batch_stats': zero_stats}, prep(images),
@@ -95,7 +96,10 @@ class Evaluator:
     return list(self._padded(self._features, variables, images, 'features'))
 
   def recompute_bn(self, variables, images, batch_size=None):
-    """variables with batch_stats recomputed on `images` (see the module docstring)."""
+    """variables with batch_stats recomputed on `images` (see the module docstring); a
+    model without batch statistics (Swin) is returned as it is."""
+    if not jax.tree_util.tree_leaves(variables.get('batch_stats', {})):
+      return variables
     n = len(images)
     if n < 2:
       raise ValueError(f'recomputing BN statistics needs at least 2 images, got {n}')

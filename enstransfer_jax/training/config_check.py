@@ -75,6 +75,10 @@ def validate(config):
   if unknown:
     _fail(f'freeze_layers has unknown module {unknown[0]!r}; modules of {c.model} are '
           f'{", ".join(names)}')
+  stages = sum(name.startswith('layers.') for name in names)
+  if stages and any(c.fmap_betas[stages:4]):
+    _fail(f'fmap_betas={tuple(c.fmap_betas)}: {c.model} has {stages} stages, so slots '
+          f'{stages}..3 hold no feature map; set their betas to 0')
   _validate_recipe(c)
   if c.init_scheme not in ('torch', 'torchvision'):
     _fail(f"init_scheme={c.init_scheme!r} is unknown; use torch or torchvision")

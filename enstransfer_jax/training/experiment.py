@@ -34,7 +34,8 @@ _VOLATILE = ('overwrite', 'progress', 'wandb_mode', 'work_dir', 'compilation_cac
 # them share programs (the quickstart's pre-training and fine-tuning).
 _PROGRAM_FIELDS = ('model', 'width', 'dtype', 'transform_name', 'image_size', 'interpolation',
                    'seed', 'grad_accum_steps', 'optimizer', 'wd', 'momentum', 'nesterov',
-                   'eval_batch_size')
+                   'eval_batch_size', 'label_smoothing', 'clip_grad', 'simmim',
+                   'layer_decay', 'aug')
 # What `overwrite` clears (config.json and run_info.json are rewritten).
 _OUTPUTS = ('summary.json', 'metrics.jsonl', 'members', 'progress', 'pretrain', 'analysis')
 
@@ -145,7 +146,7 @@ def train_members(config, workdir, data, log, pretrained, programs=None, table_l
   tables have `table_length` steps."""
   programs = {} if programs is None else programs
   model = models.create_model(config.model, data.num_classes, width=config.width,
-                              dtype=config.dtype)
+                              dtype=config.dtype, image_size=config.image_size)
   key = ('evaluator', data.num_classes) + tuple(str(config[k]) for k in _PROGRAM_FIELDS)
   if key not in programs:
     programs[key] = Evaluator(model, transform=config.transform_name,

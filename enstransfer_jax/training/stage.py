@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from enstransfer_jax import checkpoints, metrics, optim
+from enstransfer_jax import checkpoints, metrics, models, optim
 from enstransfer_jax.analysis import evaluate
 from enstransfer_jax.data import augment, batches, host_pipeline
 from enstransfer_jax.models import resnet
@@ -39,8 +39,9 @@ def terms_for(config, member, starts):
       wo_beta=float(c.wo_beta) if earlier else 0.0, wo_gradient=bool(c.wo_gradient),
       prev_ce_beta=float(c.prev_ce_beta) if earlier else 0.0,
       only_negative=bool(c.only_negative),
-      stop_gradient_after=config_check.frozen_prefix(frozen),
-      frozen_bn=tuple(m for m in frozen if m in resnet.BN_MODULES) if c.freeze_bn_stats else ())
+      stop_gradient_after=config_check.frozen_prefix(frozen, models.module_names(starts.model)),
+      frozen_bn=tuple(m for m in frozen if m in resnet.BN_MODULES)
+      if c.freeze_bn_stats and isinstance(starts.model, resnet.ResNet) else ())
 
 
 class _Aux:
@@ -244,7 +245,9 @@ def _finish_stage(run, s, stage, state, probs):
     run.starts.finished[m.index] = jax.tree_util.tree_map(lambda x, j=j: x[j], host)
     wd.save_member(run.workdir, m.index, run.starts.finished[m.index], probs[j],
                    {'arch': run.arch, 'num_classes': run.data.num_classes,
-                    'member': m.index, 'source': run.workdir})
+                    'member': m.index, 'source': run.workdir,
+                    **({'image_size': int(run.config.image_size)}
+                       if models.is_swin(run.arch) else {})})
     run.log.write('member', member=m.index, test_acc=metrics.METRICS[run.data.metric](
         probs[j], run.data.test_labels))
   # The next stage starts here (the state keeps the optimizer state for reset_optim_state=False).

@@ -62,7 +62,8 @@ class Starts:
     return self._scratch_cache[index]
 
   def _with_head(self, variables, index):
-    if variables['params']['fc']['kernel'].shape[-1] == self.num_classes:
+    head = models.head_name(variables)
+    if variables['params'][head]['kernel'].shape[-1] == self.num_classes:
       return variables
     key = streams.key(self.config.seed, 'head', index)
     return jax.device_get(models.replace_head(variables, self.num_classes, key))

@@ -287,8 +287,6 @@ def run_engine(name, settings, args, start_pt, workroot):
   from enstransfer_jax.training import config_check, run_experiment  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
   assert jax.config.jax_enable_x64
-  if 'float64' not in config_check.DTYPES:
-    config_check.DTYPES = tuple(config_check.DTYPES) + ('float64',)
   c = base.get_config()
   for k, v in dict(settings, **METHODS[name]).items():
     c[k] = v

@@ -104,7 +104,8 @@ def get_config():
   # Logging and checkpoints.
   c.valid_freq = 4
   c.log_every_steps = 30  # reference: wandb_log_rate
-  c.checkpoint_every_steps = 0  # 0 = checkpoint at the end of every epoch
+  c.checkpoint_every_minutes = 5.0  # progress checkpoints (asynchronous); 0 = every epoch
+  c.checkpoint_every_steps = 0  # also every N steps (0 = off)
   c.progress = True
   c.compilation_cache_dir = '~/.cache/enstransfer_jax/xla'  # XLA's persistent cache; '' = off
   c.wandb_mode = 'auto'  # auto (online when logged in, else offline) | online | offline | disabled

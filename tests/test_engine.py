@@ -247,7 +247,7 @@ def test_from_scratch_de_members_start_from_their_own_init(tmp_path):
   # Each is torch's default init drawn from the stream (seed, 'init', member).
   from enstransfer_jax import models  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.models import torch_init  # pylint: disable=g-import-not-at-top
-  from enstransfer_jax.training import streams  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax import streams  # pylint: disable=g-import-not-at-top
   model = models.create_model('ResNet18', 10, width=4)
   for j, member in enumerate((1, 2)):
     want = torch_init.resnet_variables(model, streams.numpy_rng(0, 'init', member))

@@ -122,9 +122,6 @@ def test_global_de_members_start_from_their_checkpoints(global_de, converted):
   _check_summary(workdir, summary)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'engine bug: training/stage.py builds one _Aux per stage from stage[0], so every member '
-    'of a parallel Global DE stage is regularised towards member 1\'s checkpoint'))
 def test_global_de_member_2_is_regularised_towards_its_own_checkpoint(global_de, converted):
   workdir, _, records = global_de
   _check_regulariser(workdir, _member(records[0]['state'], 1), converted[1][1], 2)

@@ -10,8 +10,8 @@ tf.data's C++ thread pool (`workers` threads; decoding and resizing hold no Pyth
 Crop boxes are drawn as torchvision's RandomResizedCrop.get_params (scale (0.08, 1), ratio
 (3/4, 4/3), 10 tries of (area, log-ratio), the first box that fits wins, else the central crop
 with the ratio clamped), each image with its own size. The box of the example at position p of
-member m's epoch-e order is row p of a table drawn from numpy's default_rng([seed, CROP_STREAM,
-m, e]), so an epoch's batches are a pure function of (seed, member, epoch) and a run resumed at
+member m's epoch-e order is row p of a table drawn from streams.numpy_rng(seed, 'crop', m, e)
+(enstransfer_jax/streams.py), so an epoch's batches are a pure function of (seed, member, epoch) and a run resumed at
 batch b of an epoch sees exactly the batches an uninterrupted run would. An epoch's last,
 partial batch is padded as batches.padded_indices pads it: with copies of its first row.
 """
@@ -22,9 +22,9 @@ import os
 
 import numpy as np
 
+from enstransfer_jax import streams
 from enstransfer_jax.data import batches
 
-CROP_STREAM = 4  # next to training/streams.py's init 1, head 2, augment 3
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
 TRIES = 10
@@ -91,7 +91,7 @@ def draw_crop_boxes(rng, heights, widths):
 
 def epoch_boxes(images, seed, member, epoch, order):
   """[N, 4] boxes of member's epoch: row p is the box of example order[p]."""
-  rng = np.random.default_rng([int(seed), CROP_STREAM, int(member), int(epoch)])
+  rng = streams.numpy_rng(seed, 'crop', member, epoch)
   return draw_crop_boxes(rng, images.heights[order], images.widths[order])
 
 

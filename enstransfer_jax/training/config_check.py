@@ -9,7 +9,7 @@ from enstransfer_jax.training.plan import ENSEMBLES
 
 FMAP_LOSSES = ('RTDLoss', 'MinMaxRTDLoss', 'MSELoss', 'RTDLiteLoss')
 REGULARIZERS = ('first', 'pretrain')
-DTYPES = ('float32', 'bfloat16')
+DTYPES = ('float32', 'bfloat16', 'float64')  # float64 needs jax_enable_x64 (parity runs)
 
 
 def resolve(config):
@@ -83,9 +83,16 @@ def validate(config):
   if c.init_scheme not in ('torch', 'torchvision'):
     _fail(f"init_scheme={c.init_scheme!r} is unknown; use torch or torchvision")
   if c.dtype not in DTYPES:
-    _fail(f'dtype={c.dtype!r} is unknown; use float32 or bfloat16')
+    _fail(f'dtype={c.dtype!r} is unknown; use float32, bfloat16 or float64')
+  if c.dtype == 'float64':
+    import jax  # pylint: disable=g-import-not-at-top
+    if not jax.config.jax_enable_x64:
+      _fail("dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 (or "
+            "jax.config.update('jax_enable_x64', True)) before the run")
   if c.transform_name.lower() not in TRANSFORMS:
     _fail(f'transform_name={c.transform_name!r} is unknown; use one of {", ".join(TRANSFORMS)}')
+  if c.get('data_workers', 0) < 0:
+    _fail(f'data_workers={c.data_workers} must be >= 0 (0 = one thread per core)')
   if c.grad_accum_steps < 1 or c.batch_size % c.grad_accum_steps:
     _fail(f'grad_accum_steps={c.grad_accum_steps} must be >= 1 and divide batch_size='
           f'{c.batch_size}')

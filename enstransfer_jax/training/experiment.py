@@ -29,7 +29,7 @@ from enstransfer_jax.training import workdir as wd
 
 # Fields that may differ when a run is continued in the same work dir.
 _VOLATILE = ('overwrite', 'progress', 'wandb_mode', 'work_dir', 'compilation_cache_dir',
-             'rtd_workers')
+             'rtd_workers', 'data_workers')
 # The config fields a compiled program depends on (with the class count): runs that agree on
 # them share programs (the quickstart's pre-training and fine-tuning).
 _PROGRAM_FIELDS = ('model', 'width', 'dtype', 'transform_name', 'image_size', 'interpolation',
@@ -37,7 +37,8 @@ _PROGRAM_FIELDS = ('model', 'width', 'dtype', 'transform_name', 'image_size', 'i
                    'eval_batch_size', 'label_smoothing', 'clip_grad', 'simmim',
                    'layer_decay', 'aug')
 # What `overwrite` clears (config.json and run_info.json are rewritten).
-_OUTPUTS = ('summary.json', 'metrics.jsonl', 'members', 'progress', 'pretrain', 'analysis')
+_OUTPUTS = ('summary.json', 'metrics.jsonl', 'members', 'progress', 'pretrain', 'analysis',
+            'all_models')
 
 
 def enable_compilation_cache(path):
@@ -157,7 +158,8 @@ def train_members(config, workdir, data, log, pretrained, programs=None, table_l
             arch=models.canonical_name(config.model), log=log,
             starts=starts_lib.Starts(config, model, data.num_classes, pretrained),
             evaluator=programs[key], programs=programs,
-            steps_per_epoch=spe, progress=resume.Progress(workdir),
+            steps_per_epoch=spe,
+            progress=resume.Progress(workdir, config.checkpoint_every_minutes),
             schedule=schedules.step_tables(config, spe, min_length=table_length))
   stages = plan_lib.make_plan(config)
   position = run.progress.position()
@@ -173,6 +175,7 @@ def train_members(config, workdir, data, log, pretrained, programs=None, table_l
       here = position if position is not None and s == position['stage'] else None
       stage_lib.train_stage(run, s, stage, here, stages[s - 1] if s else None)
   finally:
+    run.progress.finish()  # a save in flight completes before anything else happens
     run.progress.restore_signal_handlers(previous)
   run.progress.clear()
   return run

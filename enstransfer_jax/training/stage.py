@@ -39,6 +39,8 @@ def terms_for(config, member, starts):
       wo_beta=float(c.wo_beta) if earlier else 0.0, wo_gradient=bool(c.wo_gradient),
       prev_ce_beta=float(c.prev_ce_beta) if earlier else 0.0,
       only_negative=bool(c.only_negative),
+      reg_per_member=bool(fmap_on and c.which_model_is_regularizer == 'pretrain'
+                          and c.ensemble == 'global_de' and c.parallel_members),
       stop_gradient_after=config_check.frozen_prefix(frozen, models.module_names(starts.model)),
       frozen_bn=tuple(m for m in frozen if m in resnet.BN_MODULES)
       if c.freeze_bn_stats and isinstance(starts.model, resnet.ResNet) else ())
@@ -47,10 +49,11 @@ def terms_for(config, member, starts):
 class _Aux:
   """Regulariser inputs of one stage, copied to every device once."""
 
-  def __init__(self, run, terms, member, placement):
-    self.run, self.terms, self.member, self.placement = run, terms, member, placement
+  def __init__(self, run, terms, stage, placement):
+    self.run, self.terms, self.stage, self.placement = run, terms, stage, placement
+    self.member = stage[0]
     self._placed = {}
-    self._earlier = run.starts.earlier(member)
+    self._earlier = run.starts.earlier(self.member)
 
   def _place(self, key, make):
     if key not in self._placed:
@@ -60,7 +63,12 @@ class _Aux:
   def for_step(self, local_step):
     """The earlier member for WO / prev-CE is drawn per step from (seed, member, step)."""
     aux, starts = {}, self.run.starts
-    if self.terms.fmap_betas:
+    if self.terms.reg_per_member:  # each member's own pre-trained model
+      if 'reg' not in self._placed:
+        self._placed['reg'] = self.placement.members(
+            evaluate.stack([starts.regularizer(m) for m in self.stage]))
+      aux['reg'] = self._placed['reg']
+    elif self.terms.fmap_betas:
       aux['reg'] = self._place('reg', lambda: starts.regularizer(self.member))
     if self.terms.wo_beta or self.terms.prev_ce_beta:
       rng = np.random.default_rng([self.run.config.seed, self.member.index, local_step])
@@ -142,7 +150,7 @@ def train_stage(run, s, stage, position=None, previous_stage=None):
         + (f', resumed at epoch {done_epochs + 1} batch {done_batches}' if position else ''),
         flush=True)
   train_step = _train_step(run, stage, terms, tx)
-  aux = _Aux(run, terms, stage[0], placement)
+  aux = _Aux(run, terms, stage, placement)
   n, size = len(run.data.train_labels), c.batch_size
   slices = batches.batch_slices(n, size)
   feed = None if run.data.train_encoded is None else host_pipeline.HostCrops(
@@ -165,7 +173,8 @@ def train_stage(run, s, stage, position=None, previous_stage=None):
       local_step = (epoch - 1) * run.steps_per_epoch + b
       state, step_metrics = train_step(state, batch, aux.for_step(local_step))
       bar.update(1)
-      save_now = c.checkpoint_every_steps and (local_step + 1) % c.checkpoint_every_steps == 0
+      save_now = ((c.checkpoint_every_steps and (local_step + 1) % c.checkpoint_every_steps == 0)
+                  or run.progress.due(end_of_epoch=False))
       stop = run.progress.stop_requested
       if b % c.log_every_steps == 0 or b == len(slices) - 1 or save_now or stop:
         _log_step(run, stage, epoch, local_step, mesh.to_host(step_metrics), bar)
@@ -177,7 +186,8 @@ def train_stage(run, s, stage, position=None, previous_stage=None):
     probs = _end_epoch(run, stage, epoch, state)
     if c.save_all_models and epoch < stage[0].epochs:
       _save_all_models(run, stage, epoch, state)
-    if epoch < stage[0].epochs:
+    if epoch < stage[0].epochs and (run.progress.due(end_of_epoch=True)
+                                    or run.progress.stop_requested):
       run.save_progress(state, s, epoch, 0)
       if run.progress.stop_requested:
         raise resume.Interrupted(f'member {names}, end of epoch {epoch}')

@@ -16,7 +16,7 @@ import numpy as np
 
 from enstransfer_jax import checkpoints, models
 from enstransfer_jax.models import resnet, torch_init
-from enstransfer_jax.training import streams
+from enstransfer_jax import streams
 
 
 def checkpoint_paths(config):

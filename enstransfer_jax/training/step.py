@@ -9,8 +9,8 @@
   batch  {'images': uint8 [K, B, H, W, 3] raw images (augmented here, on the device),
           'labels': int32 [K, B], 'mask': float32 [K, B] (0 for the padding of an epoch's
           last, partial batch), 'new_epoch': bool [K] (empty `sums` before this step)}.
-  aux    shared, unbatched inputs of the regularisers: 'reg' (variables of the feature-map
-         regulariser), 'wo' (flat parameters of an earlier member), 'prev' (variables of an
+  aux    inputs of the regularisers, shared by the members: 'reg' (variables of the
+         feature-map regulariser; one per member, stacked, when `Terms.reg_per_member`), 'wo' (flat parameters of an earlier member), 'prev' (variables of an
          earlier member).
 
 Every batch has the same shape: padded samples count nowhere (loss, accuracy, gradient,
@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from enstransfer_jax import losses, optim
 from enstransfer_jax.data import augment, mixup, randaugment
 from enstransfer_jax.models import swin
-from enstransfer_jax.training import streams
+from enstransfer_jax import streams
 
 RTD_TIME = 'rtd_host_seconds'  # a metric that is not part of the loss
 
@@ -74,6 +74,8 @@ class Terms:
   only_negative: bool = False
   stop_gradient_after: Optional[str] = None
   frozen_bn: Tuple[str, ...] = ()
+  reg_per_member: bool = False  # aux['reg'] stacked per member (a parallel Global DE's
+                                # pre-trained regularisers), else shared
 
   def metric_names(self):
     names = ['ce', 'loss', 'acc']
@@ -226,4 +228,8 @@ def make_train_step(model, tx, config, terms: Terms):
     return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state,
                          step=state.step + 1, sums=sums), metrics
 
-  return jax.jit(jax.vmap(one, in_axes=(0, 0, None)), donate_argnums=(0,))
+  aux_axes = {'reg': 0} if terms.reg_per_member else None
+  if terms.reg_per_member:  # in_axes must name every key of aux
+    aux_axes.update({k: None for k, on in (('wo', terms.wo_beta),
+                                            ('prev', terms.prev_ce_beta)) if on})
+  return jax.jit(jax.vmap(one, in_axes=(0, 0, aux_axes)), donate_argnums=(0,))

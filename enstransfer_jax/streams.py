@@ -8,6 +8,8 @@
   key(seed, 'augment')          the augmentation; the step folds in (member, step)
   key(seed, 'dropout')          a Swin's drop path; the step folds in (member, step) and
                                 splits one key per micro-batch
+  numpy_rng(seed, 'crop', member, epoch)  the train crop boxes of the host pipeline
+                                (data/host_pipeline.py)
 Data order is numpy's default_rng([seed, member, epoch]) (data/batches.py) and the earlier
 member drawn for WO / prev-CE is default_rng([seed, member, step]): both host-side streams
 of their own.
@@ -16,7 +18,7 @@ of their own.
 import jax
 import numpy as np
 
-_STREAMS = {'init': 1, 'head': 2, 'augment': 3, 'dropout': 4}
+_STREAMS = {'init': 1, 'head': 2, 'augment': 3, 'dropout': 4, 'crop': 5}
 
 
 def key(seed, stream, *indices):

@@ -188,17 +188,53 @@ def check_inputs(jobs):
       seen.add(key)
 
 
+def _recorded_difference(old, new, prefix=''):
+  """The first field recorded in `old` (a run's config.json) whose value `new` changes, or
+  None; fields `old` does not hold (added to the code since it ran) are not compared."""
+  for key, value in old.items():
+    if not prefix and key in experiment_volatile():
+      continue
+    if key not in new:
+      continue
+    if isinstance(value, dict) and isinstance(new[key], dict):
+      found = _recorded_difference(value, new[key], f'{prefix}{key}.')
+      if found:
+        return found
+    elif value != new[key]:
+      return f'{prefix}{key}: {value!r} there, {new[key]!r} here'
+  return None
+
+
+def experiment_volatile():
+  from enstransfer_jax.training import experiment  # pylint: disable=g-import-not-at-top
+  return experiment._VOLATILE  # pylint: disable=protected-access
+
+
+def finished_summary(job):
+  """The summary of the job's finished run, or None when its work dir holds none; a finished
+  run of another config (on a field its config.json records) is an error."""
+  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training.config_check import resolve  # pylint: disable=g-import-not-at-top
+  path, cfg = (os.path.join(job.workdir, name) for name in ('summary.json', 'config.json'))
+  if not (os.path.exists(path) and os.path.exists(cfg)):
+    return None
+  diff = _recorded_difference(wd.read_json(cfg),
+                              json.loads(resolve(job.config).to_json_best_effort()))
+  if diff:
+    raise ValueError(f'{job.workdir} holds a finished run of another config ({diff}); use '
+                     'another --out for a changed task')
+  return wd.read_json(path)
+
+
 def run_job(job, train=True):
   """The run's summary, training it unless its work dir already holds it finished (None for
   an unfinished run when not `train`)."""
   from enstransfer_jax.training import experiment, workdir as wd  # pylint: disable=g-import-not-at-top
-  from enstransfer_jax.training.config_check import resolve  # pylint: disable=g-import-not-at-top
   timing = os.path.join(job.workdir, WALL_TIME)
-  if experiment.check_workdir(resolve(job.config), job.workdir):
-    summary = wd.read_json(os.path.join(job.workdir, 'summary.json'))
-  elif not train:
+  summary = finished_summary(job)
+  if summary is None and not train:
     return None
-  else:
+  if summary is None:
     resumed = os.path.isdir(os.path.join(job.workdir, 'progress'))
     os.makedirs(os.path.dirname(job.log), exist_ok=True)
     start = time.time()

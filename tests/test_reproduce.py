@@ -109,6 +109,26 @@ def test_finished_runs_are_not_trained_again(table, monkeypatch):
   for key in ('ensemble_acc_diff', 'diversity_diff'):
     np.testing.assert_allclose(float(swapped['starsse'][key]), -float(rows['sse'][key]))
   assert open(os.path.join(table, 'table.csv')).read() == before
+  # A field added to the code after a run finished does not make it another config...
+  path = os.path.join(table, 'sse', 'seed=1', 'config.json')
+  original = open(path).read()
+  recorded = json.loads(original)
+  del recorded['lr'], recorded['pretrain']['lr']
+  with open(path, 'w') as f:
+    json.dump(recorded, f)
+  reproduce.main(['--task', 'digits', '--seeds', '2', '--methods', *METHODS, '--out', table,
+                  '--no-progress', '--set', *TINY])
+  assert open(os.path.join(table, 'table.csv')).read() == before
+  # ...a recorded field with another value does.
+  recorded['wd'] = 0.5
+  with open(path, 'w') as f:
+    json.dump(recorded, f)
+  with pytest.raises(SystemExit) as e:
+    reproduce.main(['--task', 'digits', '--seeds', '2', '--methods', *METHODS, '--out', table,
+                    '--no-progress', '--set', *TINY])
+  assert e.value.code == 2
+  with open(path, 'w') as f:
+    f.write(original)
 
 
 def test_bad_inputs(tmp_path, capsys):

@@ -16,6 +16,9 @@ Rows; images/s is the median over the timed steps (after warm-up, each step bloc
           the added ms/step over row b is a ratio below (giotto-ph runs on the host, 1 thread)
   g       row b plus the RTD-Lite loss of configs/sse_rtd_lite.py (its fmap_betas, pooled map),
           computed on the device; the added ms/step over row b is a ratio below
+  s       the Swin-Tiny step of configs/swin_starsse.py (AdamW groups, clip_grad 5, label
+          smoothing, Mixup / CutMix, RandAugment + random erasing on the device), bf16, K=1,
+          32 -> 224 px (--tiny: SwinNano at 32 px)
   f       the PyTorch reference step: torchvision resnet50(num_classes=100), fp32, SGD(lr 0.05,
           momentum 0.9, wd 1e-4), CrossEntropyLoss, model.train(), the grad norm its NoOpScaler
           takes, batch 256 at 224 px already on the device: the reference's data loading and
@@ -56,9 +59,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _T0 = float(os.environ.get('GPU_BENCH_T0', time.time()))  # the parent's start
 _MARK = '@@ '
-JAX_ROWS = ('c', 'b', 'a', 'd', 'e', 'g')  # run order: cheap first, memory mostly increasing
+JAX_ROWS = ('c', 'b', 'a', 'd', 'e', 'g', 's')  # run order: cheap first, memory mostly increasing
 TORCH_ROWS = ('f', 'f-bf16')
-ALL_ROWS = ('a', 'b', 'c', 'd', 'e', 'g', 'f', 'f-bf16')
+ALL_ROWS = ('a', 'b', 'c', 'd', 'e', 'g', 's', 'f', 'f-bf16')
 RTD_BETAS = (0.0, 0.0, 0.0, 0.0, 0.0316)  # configs/sse_rtd.py
 CIFAR_PX = 32
 NUM_CLASSES = 100
@@ -90,6 +93,17 @@ def engine_config(arch, width, image_size, batch, transform='imagenet', dtype='f
   return c
 
 
+def swin_engine_config(s, dtype):
+  """configs/swin_starsse.py at the benchmark's batch (SwinNano at 32 px for --tiny)."""
+  sys.path.insert(0, ROOT)
+  from configs import swin_starsse  # pylint: disable=g-import-not-at-top
+  c = swin_starsse.get_config()
+  if s['image_size'] < 224:
+    c.model, c.width, c.image_size = 'SwinNano', 16, 32
+  c.batch_size, c.dtype = s['batch'], dtype
+  return c
+
+
 _START = {}  # (arch, width, seed) -> start variables, shared by the rows (params are float32)
 
 
@@ -109,11 +123,13 @@ def build_engine(config, k, terms=None, seed=0):
 
   terms = terms or step_lib.Terms()
   dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
-  model = models.create_model(config.model, NUM_CLASSES, width=config.width, dtype=dtype)
+  model = models.create_model(config.model, NUM_CLASSES, width=config.width, dtype=dtype,
+                              image_size=config.image_size)
   key = (config.model, config.width, seed)
   if key not in _START:
     _START[key] = models.init_variables(
-        models.create_model(config.model, NUM_CLASSES, width=config.width),
+        models.create_model(config.model, NUM_CLASSES, width=config.width,
+                            image_size=config.image_size),
         jax.random.PRNGKey(seed))
   variables = _START[key]
   stack = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * k), tree)
@@ -168,10 +184,11 @@ def peak_bytes():
 
 # ----- child processes -----
 
-def _prepare_train(row, s, dtype, k, terms, warmup, timed):
+def _prepare_train(row, s, dtype, k, terms, warmup, timed, swin=False):
   """Lowers a train-step row; returns (lowered, finish(compiled) -> result)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  config = engine_config(s['arch'], s['width'], s['image_size'], s['batch'], dtype=dtype)
+  config = (swin_engine_config(s, dtype) if swin else
+            engine_config(s['arch'], s['width'], s['image_size'], s['batch'], dtype=dtype))
   lowered, state, run = build_engine(config, k, terms)
 
   def finish(compiled):
@@ -277,6 +294,8 @@ def run_jax(args, rows):
             lambda: _prepare_train('e', s, 'bfloat16', 1, rtd, args.rtd_warmup, args.rtd_steps)),
       'g': (f'JAX row b + RTD-Lite beta {lite_betas[-1]:g} on the pooled map',
             lambda: _prepare_train('g', s, 'bfloat16', 1, lite, *steps)),
+      's': ('JAX Swin-Tiny step of configs/swin_starsse.py (full recipe), bf16, K=1',
+            lambda: _prepare_train('s', s, 'bfloat16', 1, None, *steps, swin=True)),
   }
   order = [r for r in JAX_ROWS if r in rows]
   lowered, finish, failed = {}, {}, {}

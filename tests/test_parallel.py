@@ -28,6 +28,19 @@ def _train_losses(workdir):
   return {(e['member'], e['step']): e['loss'] for e in lines if e['event'] == 'train'}
 
 
+def _assert_first_steps_agree(ref, got, steps, tol):
+  """The first `steps` logged losses of every member agree to `tol` (members 2 and 3 train
+  together in one stage of two members in the parallel runs)."""
+  assert ref.keys() == got.keys()
+  members = sorted({m for m, _ in ref})
+  assert members == [1, 2, 3]
+  for m in members:
+    first = sorted(k for k in ref if k[0] == m)[:steps]
+    assert len(first) == steps
+    for key in first:
+      assert got[key] == pytest.approx(ref[key], abs=tol), key
+
+
 def _probs(workdir, members):
   return [np.load(os.path.join(workdir, 'members', str(i), 'test_probs.npy')) for i in members]
 
@@ -50,8 +63,7 @@ def test_parallel_members_equal_sequential_members(one_device_run, tmp_path):
   for key in parallel:
     if key[0] == 1:
       assert parallel[key] == sequential[key], key
-  for key in sorted(k for k in parallel if k[0] > 1)[:2]:
-    assert parallel[key] == pytest.approx(sequential[key], abs=1e-4), key
+  _assert_first_steps_agree(sequential, parallel, 2, 1e-4)
   np.testing.assert_array_equal(_probs(one_device_run, (1,))[0], _probs(workdir, (1,))[0])
 
 
@@ -118,6 +130,56 @@ def test_gradient_accumulation_equals_one_big_batch():
   # And the update is not trivially zero.
   assert not np.allclose(jax.tree_util.tree_leaves(p1)[0],
                          jax.tree_util.tree_leaves(variables['params'])[0])
+
+
+def test_gradient_accumulation_with_train_mode_batchnorm_equals_pytorch():
+  """4 micro-batches of 8 with train-mode BatchNorm (each micro-batch normalised by its own
+  statistics, the running ones updated after each) and one SGD step, against the same
+  accumulation in PyTorch (float64): loss.backward() per micro-batch, weights 8/32."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.data import augment  # pylint: disable=g-import-not-at-top
+  model = models.create_model('ResNet18', 10, width=4)
+  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(3), 16))
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 255, (1, 32, 16, 16, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, (1, 32)).astype(np.int32)
+  config = engine_util.tiny_config(grad_accum_steps=4, scheduler='constant', num_fge=1,
+                                   lr=0.1, wd=1e-3)
+  tx = optim.create_optimizer(config)
+  state = engine_util.stacked_state([variables], tx, step_lib.Terms(), [0], [1], config)
+  fn = step_lib.make_train_step(model, tx, config, step_lib.Terms())
+  new_state, metrics = fn(state, engine_util.full_batch(images, labels), {})
+  got = checkpoints.flax_to_torch(jax.tree_util.tree_map(
+      lambda x: np.asarray(x[0]), jax.device_get(new_state.variables())))
+
+  net = engine_util.torch_twin(variables, 10, train=True)
+  sgd = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+  x = np.asarray(augment.eval_transform(images[0], transform='none', image_size=16))
+  total = 0.0
+  for i in range(4):
+    logits, _ = net(torch.from_numpy(x[8 * i:8 * i + 8].transpose(0, 3, 1, 2).astype(np.float64)))
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels[0, 8 * i:8 * i + 8]
+                                                                      ).long()) * 8 / 32
+    loss.backward()
+    total += float(loss)
+  sgd.step()
+  assert float(metrics['loss'][0]) == pytest.approx(total, rel=1e-5)
+  want = net.state_dict()
+  for key, value in got.items():
+    if key.endswith('num_batches_tracked'):
+      continue
+    np.testing.assert_allclose(value.numpy(), want[key].numpy(), rtol=1e-4, atol=2e-5,
+                               err_msg=key)
+  # Not the update of one batch of 32 (train-mode BN couples the samples of a batch).
+  one = engine_util.tiny_config(scheduler='constant', num_fge=1, lr=0.1, wd=1e-3)
+  fn1 = step_lib.make_train_step(model, tx, one, step_lib.Terms())
+  state = engine_util.stacked_state([variables], tx, step_lib.Terms(), [0], [1], config)
+  big, _ = fn1(state, engine_util.full_batch(images, labels), {})
+  assert not np.allclose(np.asarray(big.params['layer1']['0']['conv1']['kernel']),
+                         np.asarray(new_state.params['layer1']['0']['conv1']['kernel']),
+                         atol=1e-6)
+  torch.set_grad_enabled(True)
 
 
 def test_data_parallel_steps_match_one_device_on_continuous_inputs():

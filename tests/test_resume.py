@@ -36,39 +36,58 @@ def uninterrupted(tmp_path_factory):
   return _outputs(workdir)
 
 
-def _run_and_signal(workdir, signal_name, at_call):
-  """Runs the tiny experiment in a subprocess that signals itself at the at_call-th step."""
+def _run_and_signal(workdir, signal_name, at_call, second=False):
+  """Runs the tiny experiment in a subprocess that signals itself at the at_call-th step;
+  with `second`, a second SIGINT arrives while the progress save it causes is being written
+  (right after orbax has started the save)."""
   script = textwrap.dedent(f'''
       import os, signal, sys
       sys.path.insert(0, {ROOT!r})
+      import orbax.checkpoint as ocp
       from tests import engine_util
       from enstransfer_jax.training import run_experiment
       from enstransfer_jax.training import step as step_lib
-      real, calls = step_lib.make_train_step, [0]
+      real, calls, sent = step_lib.make_train_step, [0], []
       def make(*a):
         step = real(*a)
         def wrapped(*args):
           calls[0] += 1
           if calls[0] == {at_call}:
+            sent.append(1)
             os.kill(os.getpid(), signal.{signal_name})
           return step(*args)
         return wrapped
       step_lib.make_train_step = make
+      real_save = ocp.CheckpointManager.save
+      def save(self, *a, **k):
+        out = real_save(self, *a, **k)
+        if {second!r} and len(sent) == 1:
+          sent.append(2)
+          os.kill(os.getpid(), signal.SIGINT)
+        return out
+      ocp.CheckpointManager.save = save
       run_experiment(engine_util.tiny_config(**{OVERRIDES!r}), {workdir!r})
   ''')
   return subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True,
                         timeout=600)
 
 
-@pytest.mark.parametrize('signal_name, at_call', [('SIGKILL', 6), ('SIGTERM', 3)])
+@pytest.mark.parametrize('signal_name, at_call, second', [
+    ('SIGKILL', 6, False), ('SIGTERM', 3, False), ('SIGINT', 3, True)],
+    ids=['SIGKILL', 'SIGTERM', 'SIGINT_then_SIGINT_during_the_save'])
 def test_interrupted_run_resumes_to_identical_outputs(tmp_path, uninterrupted, signal_name,
-                                                      at_call):
+                                                      at_call, second):
   workdir = str(tmp_path / 'run')
-  out = _run_and_signal(workdir, signal_name, at_call)
+  out = _run_and_signal(workdir, signal_name, at_call, second)
   assert out.returncode != 0, 'the run was not interrupted'
   assert not os.path.exists(os.path.join(workdir, 'summary.json'))
   position = engine_util.progress_position(workdir)
-  if signal_name == 'SIGTERM':
+  if second:
+    # The second signal stops at once (KeyboardInterrupt), during the save of step 3's end.
+    assert 'SIGINT: saving progress' in out.stdout, out.stdout[-2000:]
+    assert 'KeyboardInterrupt' in out.stderr and 'Interrupted' not in out.stderr
+    assert position['stage'] == 0
+  elif signal_name == 'SIGTERM':
     assert 'Interrupted' in out.stderr and position['stage'] == 0
   else:
     assert position['stage'] == 1  # killed inside the parallel stage of members 2 and 3

@@ -336,3 +336,22 @@ def test_overwrite_retrains_and_use_test_false_evaluates_on_the_validation_split
   assert len(_events(workdir, 'summary')) == 1
   assert second['members'][0]['test_acc'] != first['members'][0]['test_acc'] or (
       second != first)
+
+
+def test_a_finished_run_stays_finished_when_new_config_fields_appear(starsse_run):
+  """A config.json written before a field existed: the run is still this config's."""
+  workdir, summary, _, config = starsse_run
+  path = os.path.join(workdir, 'config.json')
+  saved = json.load(open(path))
+  older = {k: v for k, v in saved.items() if k != 'init_scheme'}
+  with open(path, 'w') as f:
+    json.dump(older, f)
+  try:
+    assert run_experiment(config, workdir) == summary
+    with open(path, 'w') as f:  # a field the run did record still counts
+      json.dump(dict(older, lr=older['lr'] * 2), f)
+    with pytest.raises(ValueError, match='different config'):
+      run_experiment(config, workdir)
+  finally:
+    with open(path, 'w') as f:
+      json.dump(saved, f)

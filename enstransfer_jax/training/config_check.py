@@ -113,7 +113,7 @@ def check_checkpoints(config):
     return
   paths = list(config.ckpts) if config.ensemble == 'global_de' else [config.ckpt]
   missing = [path for path in paths if path and not os.path.exists(path)]
-  if len(missing) > 1:
+  if len(missing) > 1 or (missing and config.ensemble == 'global_de'):
     raise FileNotFoundError(
         f'{len(missing)} of the {len(paths)} pre-trained checkpoints do not exist: '
         f'{", ".join(missing)}; convert them with convert_byol.py or list only those you have '

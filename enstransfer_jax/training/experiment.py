@@ -52,8 +52,10 @@ def enable_compilation_cache(path):
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
-def _comparable(cfg_dict):
-  return {k: v for k, v in cfg_dict.items() if k not in _VOLATILE}
+def _differences(old, new):
+  """Fields whose values differ, except volatile ones and fields the old config.json does not
+  record (added to the code since that run was made: it ran with their defaults)."""
+  return sorted(k for k in old if k not in _VOLATILE and old.get(k) != new.get(k))
 
 
 def _started(workdir):
@@ -70,10 +72,10 @@ def check_workdir(config, workdir):
   if config.overwrite or not os.path.exists(cfg_path):
     return False
   old, cfg = wd.read_json(cfg_path), json.loads(config.to_json_best_effort())
-  if _comparable(old) != _comparable(cfg):
+  diff = _differences(old, cfg)
+  if diff:
     if not _started(workdir) and not os.path.exists(os.path.join(workdir, 'summary.json')):
       return False  # nothing trained yet: the new config takes the work dir over
-    diff = sorted(k for k in set(old) | set(cfg) if k not in _VOLATILE and old.get(k) != cfg.get(k))
     raise ValueError(f'work dir {workdir} holds a run with a different config ({diff[0]}: '
                      f'{old.get(diff[0])!r} there, {cfg.get(diff[0])!r} here); choose another '
                      '--workdir or pass --config.overwrite=True')

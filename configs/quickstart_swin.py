@@ -1,4 +1,4 @@
-"""Quickstart of the Swin recipe on the embedded digits, CPU, a couple of minutes.
+"""Quickstart of the Swin recipe on the embedded digits, CPU, a few minutes.
 
 A SwinNano (2 stages, embed 16, window 4, 32 px) is pre-trained on digits 0-4, then a
 3-member StarSSE is fine-tuned from it on digits 5-9 with the Swin configs' recipe (AdamW

@@ -26,6 +26,7 @@ def swin_base(c):
   c.optimizer = 'adamw'
   c.lr = 5e-3
   c.wd = 0.05
+  del c['warmup_lr']  # base.py ties warmup_lr to lr: assigning would set lr as well
   c.warmup_lr = 5e-7
   c.scheduler = 'linear_warmup_cosine'
   c.clip_grad = 5.0

@@ -328,3 +328,40 @@ def test_swin_train_transform_shapes_and_erasing_statistics():
   assert 0.02 * 0.8 < frac.min() and frac.max() < 1 / 3 + 0.05
   np.testing.assert_allclose(frac.mean(), (0.02 + 1 / 3) / 2, atol=0.04)
   del x
+
+
+# ---------------------------------------------------------------------------- configs
+
+def _reference_lambda(epoch, epochs=102, warmup=10, warmup_lr=5e-7, lr=1e-4, fge_lr=1e-4,
+                      fge_epochs=102):
+  """The reference's linear_warmup_cosine+cosine LambdaLR factor (utils/lr_schedule.py)."""
+  if epoch < epochs:
+    if epoch < warmup:
+      alpha = epoch / warmup
+      return (1 - alpha) * (warmup_lr / lr) + alpha
+    return 0.5 * (1 + math.cos((epoch - warmup) / (epochs - warmup) * math.pi))
+  return 0.5 * (1 + math.cos(((epoch - epochs) % fge_epochs) / fge_epochs * math.pi)) * (
+      fge_lr / lr)
+
+
+def test_swin_configs_have_the_references_effective_settings():
+  from configs import swin_single, swin_sse, swin_starsse  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax import schedules  # pylint: disable=g-import-not-at-top
+  single, sse, star = swin_single.get_config(), swin_sse.get_config(), swin_starsse.get_config()
+  for c in (single, sse, star):
+    assert (c.model, c.width, c.image_size, c.optimizer, c.batch_size) == (
+        'SwinTiny', 96, 224, 'adamw', 256)
+    assert (c.lr, c.wd, c.warmup_lr, c.warmup_epochs, c.epochs) == (1e-4, 0.25, 5e-7, 10, 102)
+    assert (c.clip_grad, c.label_smoothing, c.simmim, c.layer_decay) == (5.0, 0.1, False, 0.85)
+    assert (c.transform_name, c.interpolation) == ('swin_imagenet', 'bicubic')
+    assert (c.aug.auto_augment, c.aug.reprob, c.aug.remode, c.aug.mixup, c.aug.cutmix,
+            c.aug.mixup_prob, c.aug.mixup_switch_prob, c.aug.mixup_mode) == (
+                'rand-m9-mstd0.5-inc1', 0.25, 'pixel', 0.8, 1.0, 1.0, 0.5, 'batch')
+  assert (single.scheduler, single.num_fge) == ('linear_warmup_cosine', 1)
+  for c, star_fge in ((sse, False), (star, True)):
+    assert (c.scheduler, c.num_fge, c.fge_epochs, c.fge_lr, c.fge_warmup_epochs,
+            c.star_fge) == ('linear_warmup_cosine+cosine', 5, 102, 1e-4, 0, star_fge)
+  fn = schedules.create_learning_rate_fn(star, 3)
+  for epoch in (0, 1, 9, 10, 50, 101, 102, 150, 203, 204, 509):
+    np.testing.assert_allclose(float(fn(3 * epoch + 1)), 1e-4 * _reference_lambda(epoch),
+                               rtol=1e-5, atol=1e-12, err_msg=f'epoch {epoch}')

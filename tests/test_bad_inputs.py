@@ -133,7 +133,9 @@ def test_corrupt_progress_file(tmp_path):
   workdir = str(tmp_path / 'run')
   config = engine_util.tiny_config(num_fge=2)
   experiment.prepare_workdir(config, workdir)
-  resume.Progress(workdir).save({'x': np.zeros(2)}, stage=1, epoch=0, batch=0, lines=0)
+  progress = resume.Progress(workdir)
+  progress.save({'x': np.zeros(2)}, stage=1, epoch=0, batch=0, lines=0)
+  progress.finish()  # saves are asynchronous
   position = os.path.join(workdir, 'progress', 'state', '0', 'position', 'metadata')
   open(position, 'w').write('{"stage": 1, ')
   with pytest.raises(ValueError) as info:

@@ -37,3 +37,12 @@ def starsse_run(tmp_path_factory):
   with engine_util.spy_on_stages(records):
     summary = run_experiment(config, workdir)
   return workdir, summary, records, config
+
+
+@pytest.fixture(autouse=True)
+def _torch_grad_enabled():
+  """Every test starts with torch's autograd on, whatever a test before it switched off."""
+  import sys as _sys  # pylint: disable=g-import-not-at-top
+  if 'torch' in _sys.modules:
+    _sys.modules['torch'].set_grad_enabled(True)
+  yield

@@ -242,13 +242,18 @@ def _entries(spec, a, b, u, v):
   return jnp.where(top_u & top_v, zero, jnp.where(top_u | top_v, cross, low))
 
 
-def _validate(reg, cur, dim, card, lp, mode):
+def check_feature_pair(name, reg, cur):
+  """One-line errors for two feature batches that are not [n, ...] of the same n samples."""
   if reg.ndim < 2 or cur.ndim < 2:
-    raise ValueError(f'rtd_loss expects features of shape [n, d] (or [n, ...]), got '
+    raise ValueError(f'{name} expects features of shape [n, d] (or [n, ...]), got '
                      f'{reg.shape} and {cur.shape}; add the batch axis.')
   if reg.shape[0] != cur.shape[0]:
-    raise ValueError(f'rtd_loss needs the same samples in both batches, got n = '
+    raise ValueError(f'{name} needs the same samples in both batches, got n = '
                      f'{reg.shape[0]} and {cur.shape[0]}.')
+
+
+def _validate(reg, cur, dim, card, lp, mode):
+  check_feature_pair('rtd_loss', reg, cur)
   if mode not in MODES:
     raise ValueError(f'rtd_loss mode must be one of {MODES}, got {mode!r}.')
   for name, value in (('dim', dim), ('card', card)):

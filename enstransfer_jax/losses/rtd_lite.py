@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from enstransfer_jax.losses import rtd
 from enstransfer_jax.losses.rtd import pairwise_distances
 
 NORMALIZATIONS = ('sqrt_dim', 'quantile')
@@ -108,12 +109,7 @@ def _normalized(x, normalize, quantile):
 
 
 def _validate(reg, cur, normalize, quantile):
-  if reg.ndim < 2 or cur.ndim < 2:
-    raise ValueError(f'rtd_lite_loss expects features of shape [n, d] (or [n, ...]), got '
-                     f'{reg.shape} and {cur.shape}; add the batch axis.')
-  if reg.shape[0] != cur.shape[0]:
-    raise ValueError(f'rtd_lite_loss needs the same samples in both batches, got n = '
-                     f'{reg.shape[0]} and {cur.shape[0]}.')
+  rtd.check_feature_pair('rtd_lite_loss', reg, cur)
   if normalize not in NORMALIZATIONS:
     raise ValueError(f'rtd_lite_loss normalize must be one of {NORMALIZATIONS}, got '
                      f'{normalize!r}.')

@@ -193,3 +193,103 @@ def test_parallel_members_grad_accumulation_and_feature_losses_on_swin(tmp_path)
 def test_feature_loss_on_a_missing_swin_stage_is_one_error(tmp_path):
   with pytest.raises(ValueError, match='has 2 stages'):
     run_experiment(_tiny_swin(fmap_betas=(0.0, 0.0, 1.0, 0.0, 0.0)), str(tmp_path / 'bad'))
+
+
+def _torch_member(path, tmp_path, name):
+  """A saved checkpoint exported by convert_byol --to-torch: its torch state dict."""
+  out = tmp_path / f'{name}.pt'
+  assert convert_byol.main(['--to-torch', path, str(out)]) == 0
+  return torch.load(out)['model_state']
+
+
+def _twin_outputs(state_dict, images):
+  """(softmax probabilities, features) of the PyTorch twin (SwinNano, 5 classes, 32 px)."""
+  twin = TorchSwin(5, 16, (2, 2), (2, 4), 4, 2, 32).eval()
+  twin.load_state_dict(state_dict, strict=True)
+  x = images.astype(np.float32) / 255.0
+  x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+  with torch.no_grad():
+    logits, feats = twin(torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float32))
+  flat = [None if f is None else f.reshape(len(x), -1).double().numpy() for f in feats]
+  return torch.softmax(logits.double(), -1).numpy(), flat
+
+
+def _numpy_linear_cka(x, y):
+  x, y = x - x.mean(0), y - y.mean(0)
+  return (np.linalg.norm(y.T @ x) ** 2
+          / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def test_analysis_and_predict_of_a_swin_run(quickstart_run, tmp_path, capsys):
+  """python -m enstransfer_jax.analyze and python -m enstransfer_jax.predict on the Swin
+  quickstart run, checked against the PyTorch twin run on the members exported to torch:
+  the soup (their state dicts averaged in torch), per-stage linear CKA (numpy), per-stage
+  weight distances and the basin line's mid point (the soup of two members)."""
+  from enstransfer_jax import analyze, predict  # pylint: disable=g-import-not-at-top
+  workdir, _ = quickstart_run
+  out = str(tmp_path / 'analysis')
+  subset = 64
+  assert analyze.main([workdir, '--out', out, '--subset', str(subset), '--rtd-points', '16',
+                       '--rtd-batch', '0', '--line-points', '3', '--no-calibration',
+                       '--quiet']) in (0, None)
+  res = json.load(open(os.path.join(out, 'analysis.json')))
+  report = open(os.path.join(out, 'report.md')).read()
+  assert res['batchnorm'] is False and 'no statistics to recompute' in report
+  data = datasets.load_dataset(quickstart_swin.get_config())
+  labels = np.load(os.path.join(workdir, 'test_labels.npy'))
+  members = [_torch_member(os.path.join(workdir, 'members', str(i), 'checkpoint'), tmp_path,
+                           f'm{i}') for i in (1, 2)]
+  pre = _torch_member(os.path.join(workdir, 'pretrain', 'members', '1', 'checkpoint'),
+                      tmp_path, 'pre')
+
+  # The uniform soup: the two members' torch state dicts averaged, run by the twin.
+  soup_sd = {k: (members[0][k].double() + members[1][k].double()).div(2).float()
+             if members[0][k].is_floating_point() else members[0][k] for k in members[0]}
+  p_soup, _ = _twin_outputs(soup_sd, data.test_images)
+  nll = -np.mean(np.log(p_soup[np.arange(len(labels)), labels]))
+  np.testing.assert_allclose(res['soup']['nll'], nll, rtol=1e-4)
+  np.testing.assert_allclose(res['soup']['acc'], np.mean(p_soup.argmax(1) == labels), atol=1e-9)
+  assert res['soup']['bn_examples'] == 0  # LayerNorm only: nothing recomputed
+  # The line member 1 - member 2 at alpha 0.5 is that soup; its end points the members.
+  line = {pt['alpha']: pt for pt in res['basin']['lines']['member 1 - member 2']}
+  np.testing.assert_allclose(line[0.5]['loss'], nll, rtol=1e-4)
+  for alpha, i in ((0.0, 1), (1.0, 2)):
+    p = _probs(workdir, i)
+    np.testing.assert_allclose(line[alpha]['loss'],
+                               -np.mean(np.log(p[np.arange(len(labels)), labels])), rtol=1e-4)
+  assert set(res['basin']['lines']) == {'member 1 - member 2', 'pretrained - member 1',
+                                        'pretrained - member 2'}
+
+  # Linear CKA of every stage the 2-stage model has (no rows for layers.2, layers.3).
+  _, f1 = _twin_outputs(members[0], data.test_images[:subset])
+  _, f2 = _twin_outputs(members[1], data.test_images[:subset])
+  _, f0 = _twin_outputs(pre, data.test_images[:subset])
+  rows = {(r['member'], r['reference'], r['layer']): r for r in res['similarity']}
+  assert {k[2] for k in rows} == {'layers.0', 'layers.1', 'pooled'}
+  for slot, layer in ((0, 'layers.0'), (1, 'layers.1'), (4, 'pooled')):
+    for key, ref in (((2, 'member1', layer), f1), ((2, 'pretrained', layer), f0)):
+      want = _numpy_linear_cka(ref[slot], f2[slot])
+      np.testing.assert_allclose(1 - rows[key]['cka'], 1 - want, rtol=1e-3, atol=1e-8)
+      assert np.isfinite(rows[key]['rtd']) and np.isfinite(rows[key]['rtd_lite'])
+
+  # Weight distances per stage: the torch parameters under each module, buffers left out.
+  def l2(sd, sd0, prefix):
+    return np.sqrt(sum(float(((sd[k].double() - sd0[k].double()) ** 2).sum()) for k in sd
+                       if k.startswith(prefix) and 'relative_position_index' not in k
+                       and 'attn_mask' not in k))
+  got = {(r['member'], r['stage']): r['l2'] for r in res['weights']}
+  assert {s for _, s in got} == {'patch_embed', 'layers.0', 'layers.1', 'norm', 'head'}
+  for i, sd in ((1, members[0]), (2, members[1])):
+    for stage in ('patch_embed', 'layers.0', 'layers.1', 'norm', 'head'):
+      np.testing.assert_allclose(got[(i, stage)], l2(sd, pre, stage + '.'), rtol=1e-5)
+
+  # The predict command on the run's test split: the mean of the saved member probabilities.
+  npz = str(tmp_path / 'preds.npz')
+  assert predict.main([workdir, '--dataset', 'digits', '--split', 'test', '--out', npz,
+                       '--show', '2']) in (0, None)
+  saved = np.stack([_probs(workdir, i) for i in (1, 2)])
+  with np.load(npz) as pred:
+    np.testing.assert_allclose(pred['member_probs'], saved, atol=1e-5)
+    np.testing.assert_allclose(pred['probs'], saved.mean(0), atol=1e-5)
+    np.testing.assert_array_equal(pred['labels'], labels)
+  assert 'SwinNano' in capsys.readouterr().out

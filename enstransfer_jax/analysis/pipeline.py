@@ -11,11 +11,15 @@ Order of work (each model's forward passes happen once per purpose):
   4. the uniform soup with BN statistics recomputed on training data;
   5. loss / accuracy along lines (member pairs, pre-trained -> member) and on the plane
      through members 1..3, BN statistics recomputed at every point;
+     (a Swin has LayerNorm only, no statistics: 4 and 5 average the parameters and
+     recompute nothing)
   6. the learning-rate schedule; PNG plots, CSV / JSON tables and report.md;
   7. calibration (reliability diagrams, temperature scaling; calibration.py) and, with
      Options.ood, out-of-distribution detection (ood.py), all members in one vmapped pass.
 A pre-trained head with another number of classes than the members' is compared only where
 comparable: features and backbone weights; its interpolation end point gets the member's head.
+Maps: LAYERS (layer1..layer4, pooled) for a ResNet, SWIN_LAYERS (layers.0..layers.3, the
+stage outputs, and pooled) for a Swin; slots a model lacks (a 2-stage Swin) are left out.
 """
 
 import dataclasses
@@ -23,6 +27,7 @@ import itertools
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -35,6 +40,12 @@ from enstransfer_jax.analysis.evaluate import Evaluator
 from enstransfer_jax.data import batches, datasets
 
 LAYERS = ('layer1', 'layer2', 'layer3', 'layer4', 'pooled')
+SWIN_LAYERS = ('layers.0', 'layers.1', 'layers.2', 'layers.3', 'pooled')
+
+
+def layer_names(variables):
+  """The names of the five feature slots of a model with these variables."""
+  return SWIN_LAYERS if models.head_name(variables) == 'head' else LAYERS
 
 
 @dataclasses.dataclass
@@ -148,21 +159,22 @@ def load_pretrained_models(info, member_vars, workdir, notes):
     if pre is None:
       out.append(None)
       continue
-    backbone = [m for m in mv['params'] if m != 'fc']
+    head = models.head_name(mv)
+    backbone = [m for m in mv['params'] if m != head]
     if not all(m in pre['params'] and weights.same_shapes(pre['params'][m], mv['params'][m])
                for m in backbone):
       notes.append(f'Pre-trained model {path} has another backbone than the members: '
                    'comparisons with it skipped.')
       out.append(None)
       continue
-    if not weights.same_shapes(pre['params']['fc'], mv['params']['fc']):
-      note = (f"The pre-trained head ({pre['params']['fc']['bias'].shape[0]} classes) differs "
-              f"from the members' ({mv['params']['fc']['bias'].shape[0]}): features and "
+    if not weights.same_shapes(pre['params'][head], mv['params'][head]):
+      note = (f"The pre-trained head ({pre['params'][head]['bias'].shape[0]} classes) differs "
+              f"from the members' ({mv['params'][head]['bias'].shape[0]}): features and "
               'backbone weights are compared; the pre-trained end point of each line uses '
               "that member's head.")
       if note not in notes:
         notes.append(note)
-      pre = {'params': {**pre['params'], 'fc': mv['params']['fc']},
+      pre = {'params': {**pre['params'], head: mv['params'][head]},
              'batch_stats': pre['batch_stats'], 'head_replaced': True, 'path': path}
     else:
       pre = {**pre, 'head_replaced': False, 'path': path}
@@ -175,13 +187,16 @@ def _vars(v):
 
 
 def similarity_rows(ev, member_vars, pres, images, opts):
-  """Rows {member, reference, layer, cka, mse, rtd}; features computed once per model."""
+  """Rows {member, reference, layer, cka, mse, rtd}; features computed once per model.
+
+  Only the slots the model has (a feature map that is None is skipped)."""
   bar = dict(disable=not opts.progress, leave=False)
   ref_feats, rows = {}, []
+  names = layer_names(member_vars[0])
 
   def feats_of(v):
     f = ev.features(_vars(v), images)
-    return f, [similarity.centered_gram(x) for x in f]
+    return f, [None if x is None else similarity.centered_gram(x) for x in f]
 
   pre_cache = {}
   for i, mv in enumerate(tqdm(member_vars, desc='representations', **bar), start=1):
@@ -195,7 +210,9 @@ def similarity_rows(ev, member_vars, pres, images, opts):
         pre_cache[key] = feats_of(pres[i - 1])
       refs.append(('pretrained', pre_cache[key]))
     for name, (rf, rg) in refs:
-      for layer, x, gx, y, gy in zip(LAYERS, rf, rg, cur[0], cur[1]):
+      for layer, x, gx, y, gy in zip(names, rf, rg, cur[0], cur[1]):
+        if x is None or y is None:
+          continue
         rows.append({'member': i, 'reference': name, 'layer': layer,
                      **similarity.compare(x, y, gram_x=gx, gram_y=gy,
                                           rtd_points=opts.rtd_points,
@@ -207,7 +224,8 @@ def similarity_rows(ev, member_vars, pres, images, opts):
 
 def weight_tables(member_vars, pres, diversity_matrix):
   """Stage distances, update cosines; a replaced pre-trained head (the member's) is left out."""
-  strip = lambda params, pre: ({k: v for k, v in params.items() if k != 'fc'}
+  head = models.head_name(member_vars[0])
+  strip = lambda params, pre: ({k: v for k, v in params.items() if k != head}
                                if pre['head_replaced'] else params)
   members = [strip(mv['params'], pre) for mv, pre in zip(member_vars, pres)]
   pre_params = [strip(pre['params'], pre) for pre in pres]
@@ -229,7 +247,9 @@ def sample_indices(total, n):
 
 
 def basin_results(ev, member_vars, pres, data, opts, score):
-  bn_images = data.train_images[sample_indices(len(data.train_images), opts.bn_examples)]
+  has_bn = bool(jax.tree_util.tree_leaves(member_vars[0]['batch_stats']))
+  bn_images = (data.train_images[sample_indices(len(data.train_images), opts.bn_examples)]
+               if has_bn else data.train_images[:0])  # a Swin: nothing to recompute
   idx = sample_indices(len(data.test_labels), opts.eval_examples)
   x, y = data.test_images[idx], data.test_labels[idx]
   recompute = lambda v: ev.recompute_bn(_vars(v), bn_images)
@@ -239,7 +259,8 @@ def basin_results(ev, member_vars, pres, data, opts, score):
     return {'loss': metrics.nll(p, y), 'acc': score(p, y)}
 
   ends = {i: evaluate(recompute(v)) for i, v in enumerate(
-      tqdm(member_vars, desc='members, BN recomputed', leave=False, disable=not opts.progress),
+      tqdm(member_vars, desc='members, BN recomputed' if has_bn else 'members', leave=False,
+           disable=not opts.progress),
       start=1)}
   lines, pre_ends = {}, {}
   for i, j in itertools.combinations(range(1, len(member_vars) + 1), 2):
@@ -295,10 +316,12 @@ def analyze_run(workdir, out, opts):
   for i in ids:
     arch, v = checkpoints.load_pretrained(os.path.join(workdir, 'members', str(i), 'checkpoint'))
     member_vars.append(v)
-  num_classes = int(member_vars[0]['params']['fc']['bias'].shape[0])
+  desc = checkpoints.describe(member_vars[0])  # ResNet or Swin
   dtype = jnp.bfloat16 if config.get('dtype', 'float32') == 'bfloat16' else jnp.float32
-  model = models.create_model(arch, num_classes, width=int(
-      member_vars[0]['params']['conv1']['kernel'].shape[-1]), dtype=dtype)
+  model = models.create_model(arch, int(desc['num_classes']), width=int(desc['width']),
+                              dtype=dtype, image_size=int(config.image_size))
+  # BatchNorm statistics to recompute (soup, basin); a Swin (LayerNorm only) has none.
+  res['batchnorm'] = bool(jax.tree_util.tree_leaves(member_vars[0]['batch_stats']))
   data = datasets.load_dataset(config)
   if not np.array_equal(data.test_labels, labels):
     raise ValueError(f'the test split loaded from config.json differs from {workdir}/'
@@ -317,7 +340,8 @@ def analyze_run(workdir, out, opts):
     res['update_cosine'], res['update_modules'] = cos, mods
   score = metrics.METRICS[metric]
   if opts.soup:
-    bn = data.train_images[sample_indices(len(data.train_images), opts.bn_examples)]
+    bn = (data.train_images[sample_indices(len(data.train_images), opts.bn_examples)]
+          if res['batchnorm'] else data.train_images[:0])
     sp = soup.soup_probs(ev, member_vars, bn, data.test_images)
     res['soup'] = {'acc': score(sp, labels), 'nll': metrics.nll(sp, labels),
                    'ece': metrics.ece(sp, labels), 'brier': metrics.brier(sp, labels),
@@ -327,7 +351,8 @@ def analyze_run(workdir, out, opts):
     if len(member_vars) < 3 and opts.grid:
       notes.append('Fewer than 3 members: no plane.')
   try:
-    spe = batches.num_batches(len(data.train_labels), config.batch_size)
+    spe = batches.num_batches(len(data.train_labels), config.batch_size,
+                              config.get('drop_last', False))
     res['lr'], res['steps_per_epoch'] = schedules.lr_table(config, spe), spe
   except (ValueError, KeyError, AttributeError) as e:
     notes.append(f'Learning-rate schedule not tabulated: {e}')

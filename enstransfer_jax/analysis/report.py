@@ -217,8 +217,9 @@ def write_run_report(path, res, files):
   if 'soup' in res:
     s = res['soup']
     md += ['## Uniform model soup', '',
-           f"Members' parameters averaged; BN statistics recomputed on {s['bn_examples']} "
-           'training images (eval transform).', '',
+           (f"Members' parameters averaged; BN statistics recomputed on {s['bn_examples']} "
+            'training images (eval transform).' if res.get('batchnorm', True) else
+            "Members' parameters averaged (LayerNorm only: no statistics to recompute)."), '',
            markdown_table([{'model': 'uniform soup', **s},
                            {'model': f"ensemble of {last['size']}", **last},
                            {'model': 'mean member', 'acc': res['mean_member_acc']}],
@@ -227,16 +228,19 @@ def write_run_report(path, res, files):
   if 'basin' in res:
     b = res['basin']
     md += ['## Basin', '',
-           f"Test loss and accuracy on {b['eval_examples']} test images; BN statistics "
-           f"recomputed at every point on {b['bn_examples']} training images, so the end "
-           'points are the models with recomputed BN statistics.', '']
+           f"Test loss and accuracy on {b['eval_examples']} test images; "
+           + (f"BN statistics recomputed at every point on {b['bn_examples']} training "
+              'images, so the end points are the models with recomputed BN statistics.'
+              if res.get('batchnorm', True) else
+              'LayerNorm only: the points are the interpolated parameters as they are.'), '']
     ends = b['members_recomputed_bn']
+    at = 'BN recomputed' if res.get('batchnorm', True) else 'end point'
     md += [markdown_table([{'member': m['member'], 'saved': m['acc'],
                             'recomputed': ends[m['member']]['acc'],
                             'loss': ends[m['member']]['loss']} for m in res['members']],
                           [('member', 'member'), ('saved', 'acc (%), saved probabilities'),
-                           ('recomputed', 'acc (%), BN recomputed'),
-                           ('loss', 'loss, BN recomputed')],
+                           ('recomputed', f'acc (%), {at}'),
+                           ('loss', f'loss, {at}')],
                           {'member': str, 'saved': pct, 'recomputed': pct}), '']
     if b['lines']:
       alphas = [pt['alpha'] for pt in next(iter(b['lines'].values()))]

@@ -2,7 +2,8 @@
 
   soup = mean_i params_i, with BatchNorm statistics recomputed on training data
 (Evaluator.recompute_bn): averaging running statistics of different members is not the
-statistics of the averaged network.
+statistics of the averaged network. A Swin (LayerNorm only, empty batch_stats) has nothing
+to recompute: its soup is the averaged parameters alone.
 """
 
 from enstransfer_jax.analysis.evaluate import combine

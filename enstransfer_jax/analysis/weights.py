@@ -1,13 +1,14 @@
 """Weight-space statistics: per-stage distances from the pre-trained model, update cosines.
 
-Stages of a ResNet's params: stem (conv1, bn1), layer1..layer4, fc; 'backbone' is all but fc.
+Stages of a ResNet's params: stem (conv1, bn1), layer1..layer4, fc; of a Swin's (SWIN_STAGES):
+patch_embed, layers.0..layers.3 (each with its patch merging), norm, head.
 For a member w and the pre-trained w0, over the parameters of a stage (BN scale and bias
 included, running statistics not):
   l2         ||w - w0||_2
   log10_mse  log10(mean((w - w0)^2))   (-inf for identical stages)
 The update of member i is u_i = w_i - w0_i (w0_i its pre-trained model); the cosine
 similarity of updates <u_i, u_j> / (|u_i| |u_j|) is taken over the parameters that are
-comparable (the backbone, plus fc when the pre-trained head has the members' shape).
+comparable (the backbone, plus the head when the pre-trained head has the members' shape).
 """
 
 import math
@@ -17,6 +18,13 @@ import numpy as np
 
 STAGES = {'stem': ('conv1', 'bn1'), 'layer1': ('layer1',), 'layer2': ('layer2',),
           'layer3': ('layer3',), 'layer4': ('layer4',), 'fc': ('fc',)}
+SWIN_STAGES = {name: (name,) for name in ('patch_embed', 'layers.0', 'layers.1', 'layers.2',
+                                          'layers.3', 'norm', 'head')}
+
+
+def stages(params):
+  """SWIN_STAGES for Swin params (a 'patch_embed' module), else STAGES (ResNet)."""
+  return SWIN_STAGES if 'patch_embed' in params else STAGES
 
 
 def stage_vector(params, modules):
@@ -24,7 +32,7 @@ def stage_vector(params, modules):
   missing = [m for m in modules if m not in params]
   if missing:
     raise ValueError(f'params have no module {missing[0]!r} (top-level modules: '
-                     f'{sorted(params)}); expected ResNet params')
+                     f'{sorted(params)}); expected ResNet or Swin params')
   leaves = [np.ravel(np.asarray(x, np.float64)) for m in modules
             for x in jax.tree_util.tree_leaves(params[m])]
   return np.concatenate(leaves) if leaves else np.zeros(0)
@@ -39,7 +47,7 @@ def same_shapes(a, b):
 
 def comparable_modules(params, pre_params):
   """Top-level modules whose parameters have equal shapes in both trees (sorted by stage)."""
-  order = [m for mods in STAGES.values() for m in mods]
+  order = [m for mods in stages(params).values() for m in mods]
   return [m for m in order if m in params and m in pre_params
           and same_shapes(params[m], pre_params[m])]
 
@@ -48,7 +56,7 @@ def stage_distances(params, pre_params):
   """[{'stage', 'l2', 'log10_mse', 'num_params'}] for every comparable stage."""
   comparable = set(comparable_modules(params, pre_params))
   rows = []
-  for stage, modules in STAGES.items():
+  for stage, modules in stages(params).items():
     if not all(m in comparable for m in modules):
       continue
     diff = stage_vector(params, modules) - stage_vector(pre_params, modules)

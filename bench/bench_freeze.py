@@ -58,7 +58,8 @@ def main():
     tx = optim.create_optimizer(config, {k: k not in frozen for k in variables['params']})
     terms = step_lib.Terms(stop_gradient_after=config_check.frozen_prefix(frozen))
     state = step_lib.make_init_state(tx, terms)(stacked, np.zeros(1, np.int32),
-                                                np.ones(1, np.int32), schedule)
+                                                np.ones(1, np.int32), schedule,
+                                                config.seed)
     fn = step_lib.make_train_step(model, tx, config, terms)
     state, _ = fn(state, batch, {})
     jax.block_until_ready(state)

@@ -138,7 +138,8 @@ def build_engine(config, k, terms=None, seed=0):
   schedule = {'lr': np.full(steps, config.lr, np.float32),
               'momentum': np.full(steps, config.momentum, np.float32)}
   state = step_lib.make_init_state(tx, terms)(
-      stack(variables), np.zeros(k, np.int32), np.arange(1, k + 1, dtype=np.int32), schedule)
+      stack(variables), np.zeros(k, np.int32), np.arange(1, k + 1, dtype=np.int32), schedule,
+      seed)
   rng = np.random.default_rng(seed)
   shape = (k, config.batch_size, CIFAR_PX, CIFAR_PX, 3)
   batch = {'images': jax.device_put(rng.integers(0, 256, shape, dtype=np.uint8)),

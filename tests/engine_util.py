@@ -78,7 +78,8 @@ def stacked_state(variables, tx, terms, steps, members, config=None, steps_per_e
   table = schedules.step_tables(config, steps_per_epoch)
   stacked = evaluate.stack(variables)
   return step_lib.make_init_state(tx, terms)(stacked, np.asarray(steps, np.int32),
-                                             np.asarray(members, np.int32), table)
+                                             np.asarray(members, np.int32), table,
+                                             config.seed)
 
 
 def full_batch(images, labels, new_epoch=False):

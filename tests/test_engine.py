@@ -212,6 +212,30 @@ def test_one_program_per_phase(tmp_path):
   assert count <= 20, count
 
 
+def test_runs_with_other_seeds_share_the_train_program():
+  """The seed's random keys are data in the state, not constants of the program: the train
+  step lowers to the same program for seeds 0 and 1 (so the persistent cache serves every
+  seed), while the augmentation it draws does follow the seed."""
+  from enstransfer_jax import models, optim  # pylint: disable=g-import-not-at-top
+  model = models.create_model('ResNet18', 10, width=4)
+  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0), 16))
+  rng = np.random.default_rng(0)
+  batch = engine_util.full_batch(rng.integers(0, 256, (1, 8, 16, 16, 3), dtype=np.uint8),
+                                 rng.integers(0, 10, (1, 8)).astype(np.int32))
+  texts, losses = [], []
+  for seed in (0, 1):
+    config = engine_util.tiny_config(seed=seed, batch_size=8, transform_name='cifar',
+                                     scheduler='constant', num_fge=1)
+    tx = optim.create_optimizer(config)
+    terms = engine_util.step_lib.Terms()
+    state = engine_util.stacked_state([variables], tx, terms, [0], [1], config)
+    step = engine_util.step_lib.make_train_step(model, tx, config, terms)
+    texts.append(step.lower(state, batch, {}).as_text())
+    losses.append(float(step(state, batch, {})[1]['loss'][0]))
+  assert texts[0] == texts[1]
+  assert losses[0] != losses[1], losses
+
+
 def test_inputs_are_checked_before_the_work_dir_is_created(tmp_path):
   text = tmp_path / 'notes.txt'
   text.write_text('not a checkpoint')

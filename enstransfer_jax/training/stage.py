@@ -92,7 +92,8 @@ def _start_state(run, stage, terms, tx, placement):
   if key not in run.programs:
     run.programs[key] = step_lib.make_init_state(tx, terms)
   return run.programs[key](placement.members(stacked), placement.members(steps),
-                           placement.members(ids), placement.replicated(run.schedule))
+                           placement.members(ids), placement.replicated(run.schedule),
+                           run.config.seed)
 
 
 def _train_step(run, stage, terms, tx):

@@ -5,7 +5,8 @@
          the earlier members' included, as the reference's scheduler counts), `member`
          (1-based member numbers), `sums` (this epoch's metric sums over real samples) and
          `schedule` ({'lr', 'momentum'}: the run's schedules at every step,
-         schedules.step_tables).
+         schedules.step_tables), `keys` ({'augment', 'dropout'}: the run's random keys,
+         stream_keys; data, not constants, so runs with other seeds share the program).
   batch  {'images': uint8 [K, B, H, W, 3] raw images (augmented here, on the device),
           'labels': int32 [K, B], 'mask': float32 [K, B] (0 for the padding of an epoch's
           last, partial batch), 'new_epoch': bool [K] (empty `sums` before this step)}.
@@ -55,6 +56,7 @@ class TrainState:
   member: jax.Array
   sums: dict
   schedule: dict
+  keys: dict
 
   def variables(self):
     return {'params': self.params, 'batch_stats': self.batch_stats}
@@ -86,22 +88,32 @@ class Terms:
     return tuple(names)
 
 
-def init_state(variables, opt_state, step, member, terms, schedule):
+def stream_keys(seed):
+  """The step's random keys of a run with this seed (streams.py)."""
+  return {s: streams.key(seed, s) for s in ('augment', 'dropout')}
+
+
+def init_state(variables, opt_state, step, member, terms, schedule, keys):
   """A TrainState of one member (stack them for a stage); the metric sums start at 0 (in
   float64 for float64 parameters, else float32)."""
   wide = jnp.result_type(jnp.float32, *jax.tree_util.tree_leaves(variables['params']))
   return TrainState(variables['params'], variables['batch_stats'], opt_state,
                     jnp.asarray(step, jnp.int32), jnp.asarray(member, jnp.int32),
                     {k: jnp.zeros([], wide) for k in terms.metric_names() + ('count',)},
-                    schedule)
+                    schedule, keys)
 
 
 def make_init_state(tx, terms):
-  """Jitted: (stacked variables [K, ...], steps [K], members [K], schedule) -> TrainState,
-  the optimizer state built on the devices."""
-  def init(variables, step, member, schedule):
-    return init_state(variables, tx.init(variables['params']), step, member, terms, schedule)
-  return jax.jit(jax.vmap(init, in_axes=(0, 0, 0, None)))
+  """(stacked variables [K, ...], steps [K], members [K], schedule, seed=0) -> TrainState,
+  built on the devices by one jitted program (the seed enters as data)."""
+  def init(variables, step, member, schedule, keys):
+    return init_state(variables, tx.init(variables['params']), step, member, terms, schedule,
+                      keys)
+  jitted = jax.jit(jax.vmap(init, in_axes=(0, 0, 0, None, None)))
+
+  def build(variables, step, member, schedule, seed=0):
+    return jitted(variables, step, member, schedule, stream_keys(seed))
+  return build
 
 
 def _as_duplicates(features, mask):
@@ -168,9 +180,7 @@ def make_train_step(model, tx, config, terms: Terms):
                             interpolation=config.interpolation,
                             auto_augment=a.auto_augment, reprob=float(a.reprob),
                             remode=a.remode, recount=int(a.recount))
-  aug_key = streams.key(config.seed, 'augment')
-  drop_key = (streams.key(config.seed, 'dropout')
-              if isinstance(model, swin.SwinTransformer) else None)
+  dropout = isinstance(model, swin.SwinTransformer)
   mix = dict(smoothing=float(config.get('label_smoothing', 0.0)),
              mixup_alpha=float(a.get('mixup', 0.0)), cutmix_alpha=float(a.get('cutmix', 0.0)),
              prob=float(a.get('mixup_prob', 1.0)),
@@ -204,17 +214,19 @@ def make_train_step(model, tx, config, terms: Terms):
     return grads, {k: v.sum() for k, v in parts.items()}, stats
 
   def one(state, batch, aux):
-    key = jax.random.fold_in(jax.random.fold_in(aug_key, state.member), state.step)
+    key = jax.random.fold_in(jax.random.fold_in(state.keys['augment'], state.member),
+                             state.step)
     x = aug(key, batch['images'])
     mask = batch['mask']
     labels = batch['labels']
-    if soft or drop_key is not None:
+    if soft or dropout:
       labels = {'labels': labels}
       if soft:
         x, labels['targets'] = mixup.mix(jax.random.fold_in(key, mixup.MIX_FOLD), x,
                                          batch['labels'], mask, model.num_classes, **mix)
-      if drop_key is not None:  # one key per micro-batch: row 0 of its slice
-        k = jax.random.fold_in(jax.random.fold_in(drop_key, state.member), state.step)
+      if dropout:  # one key per micro-batch: row 0 of its slice
+        k = jax.random.fold_in(jax.random.fold_in(state.keys['dropout'], state.member),
+                               state.step)
         keys = jax.random.split(k, n_micro)
         labels['dropout'] = jnp.repeat(keys, mask.shape[0] // n_micro, axis=0)
     grads, parts, batch_stats = gradients(state, x, labels, mask, aux)

@@ -33,6 +33,7 @@ def get_config():
   c.interpolation = 'bilinear'
   c.use_test = True
   c.batch_size = 256
+  c.drop_last = False  # skip an epoch's last partial batch (the reference's Swin loaders)
   c.eval_batch_size = 500
   c.data_workers = 0  # host threads cutting train crops (variable-size datasets, imagenet); 0 = all cores
   c.dtype = 'float32'  # float32 | bfloat16 (compute dtype; params stay float32)

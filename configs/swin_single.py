@@ -5,7 +5,7 @@ data/swin_transforms.py): AdamW without decay on norms, biases and position tabl
 1e-4, wd 0.25, linear warm-up from 5e-7 over int(0.1 x epochs) = 10 epochs then cosine,
 gradient clipping at norm 5, label smoothing 0.1, Mixup 0.8 / CutMix 1.0 (switch 0.5,
 batch mode), timm's RandAugment rand-m9-mstd0.5-inc1 and random erasing 0.25 at 224 px with
-bicubic resampling, drop path 0.1.
+bicubic resampling, drop path 0.1, the last partial batch of every epoch dropped.
 
 python convert_byol.py --arch SwinTiny swin_tiny_patch4_window7_224.pth checkpoints/swin-1
 python main.py --config configs/swin_single.py --config.seed=1 --config.ckpt=checkpoints/swin-1
@@ -23,6 +23,7 @@ def swin_base(c):
   c.interpolation = 'bicubic'
   c.image_size = 224
   c.batch_size = 256
+  c.drop_last = True  # DataLoader(..., drop_last=True): floor(n / 256) steps per epoch
   c.optimizer = 'adamw'
   c.lr = 5e-3
   c.wd = 0.05

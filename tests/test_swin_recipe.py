@@ -31,7 +31,9 @@ def _timm_module(name):
   """timm's data/<name>.py loaded alone (timm's package import needs torchvision)."""
   spec = importlib.util.find_spec('timm')
   if spec is None:
-    pytest.skip('timm is not installed (pip install --no-deps timm==1.0.31)')
+    pytest.skip(f'needs timm (data/{name}.py of timm 1.0.31, loaded alone: no torchvision '
+                'needed): pip install --no-deps timm==1.0.31; the same rules are checked '
+                'without timm by the written-out tests of this file')
   path = os.path.join(os.path.dirname(spec.origin), 'data', f'{name}.py')
   module_spec = importlib.util.spec_from_file_location(f'_timm_{name}', path)
   module = importlib.util.module_from_spec(module_spec)
@@ -223,6 +225,66 @@ def test_sampled_mixing_equals_timm_mixup_with_the_same_draws():
     np.testing.assert_allclose(np.asarray(gt), tt.numpy(), atol=1e-5)
 
 
+def _timm_params_per_batch(u_apply, u_switch, beta_mix, beta_cut, cy, cx, h, w, *,
+                           mixup_alpha, cutmix_alpha, prob, switch_prob):
+  """timm 1.0's Mixup._params_per_batch then cutmix_bbox_and_lam (rand_bbox, margin 0,
+  correct_lam) in batch mode, written out; fed the uniform, beta and randint draws."""
+  lam, use_cutmix = 1.0, False
+  if u_apply < prob:
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+      use_cutmix = u_switch < switch_prob
+      lam = beta_cut if use_cutmix else beta_mix
+    elif mixup_alpha > 0:
+      lam = beta_mix
+    else:
+      use_cutmix, lam = True, beta_cut
+  box = None
+  if use_cutmix and lam != 1.0:
+    ratio = np.sqrt(1 - lam)
+    cut_h, cut_w = int(h * ratio), int(w * ratio)
+    yl, yh = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + (cut_h + 1) // 2, 0, h)
+    xl, xh = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + (cut_w + 1) // 2, 0, w)
+    box = (yl, yh, xl, xh)
+    lam = 1.0 - (yh - yl) * (xh - xl) / float(h * w)
+  return lam, use_cutmix, box
+
+
+@pytest.mark.parametrize('mixup_alpha,cutmix_alpha,prob,switch_prob', [
+    (0.8, 1.0, 1.0, 0.5), (0.8, 1.0, 0.6, 0.3), (0.8, 0.0, 1.0, 0.5), (0.0, 1.0, 0.7, 0.5)])
+def test_sampled_params_follow_timms_per_batch_rule(mixup_alpha, cutmix_alpha, prob,
+                                                    switch_prob):
+  """sample_params against timm's rule written out (no timm needed), on the draws each key
+  makes; and the switch and apply frequencies over many keys."""
+  h, w = 14, 10
+  kw = dict(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob,
+            switch_prob=switch_prob)
+  keys = jax.random.split(jax.random.PRNGKey(11), 40)
+  for k in keys:
+    p = mixup.sample_params(k, h, w, **kw)
+    k_apply, k_switch, k_mix, k_cut, k_y, k_x = jax.random.split(k, 6)
+    draws = [float(jax.random.uniform(k_apply)), float(jax.random.uniform(k_switch)),
+             float(jax.random.beta(k_mix, mixup_alpha, mixup_alpha)) if mixup_alpha else 1.0,
+             float(jax.random.beta(k_cut, cutmix_alpha, cutmix_alpha)) if cutmix_alpha
+             else 1.0,
+             int(jax.random.randint(k_y, (), 0, h)), int(jax.random.randint(k_x, (), 0, w))]
+    lam, use_cutmix, box = _timm_params_per_batch(*draws, h, w, **kw)
+    np.testing.assert_allclose(float(p['lam']), lam, rtol=1e-6, atol=1e-7)
+    if lam != 1.0:
+      assert bool(p['cutmix']) == use_cutmix
+    if box is not None:
+      assert tuple(int(v) for v in p['box']) == tuple(int(v) for v in box)
+  many = jax.vmap(lambda k: mixup.sample_params(k, h, w, **kw))(
+      jax.random.split(jax.random.PRNGKey(3), 4000))
+  applied = np.asarray(many['lam']) < 1.0
+  np.testing.assert_allclose(applied.mean(), prob, atol=0.03)
+  want_cut = switch_prob if mixup_alpha and cutmix_alpha else float(cutmix_alpha > 0)
+  np.testing.assert_allclose(np.asarray(many['cutmix'])[applied].mean(), want_cut, atol=0.03)
+  if mixup_alpha and not cutmix_alpha:  # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1))
+    lam = np.asarray(many['lam'])[applied]
+    np.testing.assert_allclose(lam.mean(), 0.5, atol=0.02)
+    np.testing.assert_allclose(lam.var(), 1 / (4 * (2 * mixup_alpha + 1)), rtol=0.1)
+
+
 def test_label_smoothing_loss_is_torch_cross_entropy_with_smoothing():
   rng = np.random.default_rng(3)
   logits = rng.standard_normal((7, 5)).astype(np.float32)
@@ -297,6 +359,18 @@ def test_each_randaugment_op_matches_pil(op):
     np.testing.assert_array_equal(got, ref, err_msg=op)
 
 
+@pytest.mark.parametrize('magnitude,negate', [(9.3, False), (4.2, True), (0.0, False),
+                                               (10.0, True)])
+def test_level_args_follow_timms_level_rules(magnitude, negate):
+  """level_args against timm's level functions written out (_timm_arg; no timm needed)."""
+  for op in ra.OPS:
+    if op in ('AutoContrast', 'Equalize', 'Invert'):
+      continue
+    got = float(ra.level_args(op, jnp.float32(magnitude), jnp.asarray(negate)))
+    np.testing.assert_allclose(got, _timm_arg(op, magnitude, negate), rtol=1e-6, atol=1e-7,
+                               err_msg=op)
+
+
 def test_level_functions_are_timms():
   aa = _timm_module('auto_augment')
   for op in ra.OPS:
@@ -353,6 +427,7 @@ def test_swin_configs_have_the_references_effective_settings():
         'SwinTiny', 96, 224, 'adamw', 256)
     assert (c.lr, c.wd, c.warmup_lr, c.warmup_epochs, c.epochs) == (1e-4, 0.25, 5e-7, 10, 102)
     assert (c.clip_grad, c.label_smoothing, c.simmim, c.layer_decay) == (5.0, 0.1, False, 0.85)
+    assert c.drop_last is True  # SwinBaseConfig.drop_last, not overridden by the three
     assert (c.transform_name, c.interpolation) == ('swin_imagenet', 'bicubic')
     assert (c.aug.auto_augment, c.aug.reprob, c.aug.remode, c.aug.mixup, c.aug.cutmix,
             c.aug.mixup_prob, c.aug.mixup_switch_prob, c.aug.mixup_mode) == (

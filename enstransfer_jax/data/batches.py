@@ -4,7 +4,10 @@ The order depends only on the three integers, never on what ran before, so membe
 parallel (vmap) or one after another, and a run resumed after an interruption, see the same
 batches. As the reference's DataLoader(shuffle=True, drop_last=False), the last batch of an
 epoch may be smaller than batch_size; the engine pads it to batch_size with a mask
-(`padded_indices`), so every step has the same shape.
+(`padded_indices`), so every step has the same shape. With drop_last=True (the reference's
+Swin configs: DataLoader(..., drop_last=True)) an epoch is the floor(n / batch_size) full
+batches of its order and the last n mod batch_size examples of the order are not seen in that
+epoch; steps per epoch, and so the schedules, count those batches only (len(loader)).
 """
 
 import numpy as np
@@ -24,16 +27,23 @@ def epoch_order(seed, member, epoch, num_examples):
   return rng.permutation(int(num_examples))
 
 
-def batch_slices(num_examples, batch_size):
-  """[(start, stop), ...] covering range(num_examples); the last batch may be partial."""
+def batch_slices(num_examples, batch_size, drop_last=False):
+  """[(start, stop), ...] covering range(num_examples); the last batch may be partial, or,
+  with drop_last, is left out when partial (only full batches)."""
   _check_int('num_examples', num_examples, 1)
   _check_int('batch_size', batch_size, 1)
-  return [(s, min(s + batch_size, num_examples)) for s in range(0, num_examples, batch_size)]
+  if not drop_last:
+    return [(s, min(s + batch_size, num_examples)) for s in range(0, num_examples, batch_size)]
+  if batch_size > num_examples:
+    raise ValueError(f'drop_last=True with batch_size={batch_size} > {num_examples} training '
+                     'examples leaves no full batch; lower batch_size or set drop_last=False')
+  return [(s, s + batch_size) for s in range(0, num_examples - batch_size + 1, batch_size)]
 
 
-def num_batches(num_examples, batch_size):
-  """Batches per epoch with the last partial batch kept: ceil(num_examples / batch_size)."""
-  return len(batch_slices(num_examples, batch_size))
+def num_batches(num_examples, batch_size, drop_last=False):
+  """Batches per epoch: ceil(num_examples / batch_size) with the last partial batch kept,
+  floor(num_examples / batch_size) with drop_last."""
+  return len(batch_slices(num_examples, batch_size, drop_last))
 
 
 def padded_indices(orders, lo, hi, batch_size):

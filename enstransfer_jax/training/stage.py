@@ -153,7 +153,7 @@ def train_stage(run, s, stage, position=None, previous_stage=None):
   train_step = _train_step(run, stage, terms, tx)
   aux = _Aux(run, terms, stage, placement)
   n, size = len(run.data.train_labels), c.batch_size
-  slices = batches.batch_slices(n, size)
+  slices = batches.batch_slices(n, size, c.get('drop_last', False))
   feed = None if run.data.train_encoded is None else host_pipeline.HostCrops(
       run.data.train_encoded, c.image_size, c.interpolation, workers=c.data_workers)
   probs = None

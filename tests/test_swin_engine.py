@@ -160,13 +160,22 @@ def test_converted_torch_swin_fine_tunes_through_swin_starsse(tmp_path):
   workdir = str(tmp_path / 'run')
   run_experiment(config, workdir)
   assert _members(workdir) == [1, 2]
+  summary = json.load(open(os.path.join(workdir, 'summary.json')))
+  labels = np.load(os.path.join(workdir, 'test_labels.npy'))
+  for i, row in zip((1, 2), summary['members']):
+    np.testing.assert_allclose(row['test_acc'], np.mean(_probs(workdir, i).argmax(1) == labels),
+                               atol=1e-9)
+  # The reference's drop_last: floor(n / 256) full batches per epoch, 3 epochs in all.
+  data = datasets.load_dataset(config)
+  steps = [json.loads(x)['step'] for x in open(os.path.join(workdir, 'metrics.jsonl'))
+           if json.loads(x)['event'] == 'train']
+  assert config.drop_last and steps == list(range(3 * (len(data.train_labels) // 256)))
   # Member 2 exported to torch and run by the PyTorch twin gives the saved probabilities.
   out = tmp_path / 'member2.pt'
   assert convert_byol.main(['--to-torch', os.path.join(workdir, 'members', '2', 'checkpoint'),
                             str(out)]) == 0
   twin = TorchSwin(5, 16, (2, 2), (2, 4), 4, 2, 32).eval()
   twin.load_state_dict(torch.load(out)['model_state'], strict=True)
-  data = datasets.load_dataset(config)
   x = data.test_images.astype(np.float32) / 255.0
   x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
   with torch.no_grad():

@@ -8,6 +8,10 @@ epoch may be smaller than batch_size; the engine pads it to batch_size with a ma
 Swin configs: DataLoader(..., drop_last=True)) an epoch is the floor(n / batch_size) full
 batches of its order and the last n mod batch_size examples of the order are not seen in that
 epoch; steps per epoch, and so the schedules, count those batches only (len(loader)).
+
+On a mesh whose 'data' axis does not divide the batch (599 samples over 4 devices), each
+micro-batch is padded further to a multiple of the axis (`device_layout`), so the batch is
+split over the devices like any other instead of being computed whole on every device.
 """
 
 import numpy as np
@@ -59,3 +63,26 @@ def padded_indices(orders, lo, hi, batch_size):
   if pad:
     idx = np.concatenate([idx, np.repeat(idx[:, :1], pad, axis=1)], axis=1)
   return idx, mask
+
+
+def device_layout(batch_size, micro_batches=1, multiple=1):
+  """Where the rows of a [K, batch_size] batch go in a batch whose micro-batches are padded to
+  a multiple of `multiple` (the mesh's 'data' axis) rows each.
+
+  Returns (pos int64 [B'], real float32 [B']): row j of the new batch is row pos[j] of the
+  old one, padding where real[j] == 0 (it repeats its micro-batch's first row). Each
+  micro-batch keeps its samples, so gradient accumulation and train-mode BatchNorm see the
+  same micro-batches. The identity when `multiple` divides batch_size / micro_batches.
+  """
+  _check_int('batch_size', batch_size, 1)
+  _check_int('micro_batches', micro_batches, 1)
+  _check_int('multiple', multiple, 1)
+  if batch_size % micro_batches:
+    raise ValueError(f'micro_batches={micro_batches} must divide batch_size={batch_size}')
+  size = batch_size // micro_batches
+  padded = -(-size // multiple) * multiple
+  pos = np.concatenate([i * size + np.concatenate([np.arange(size),
+                                                   np.zeros(padded - size, np.int64)])
+                        for i in range(micro_batches)]).astype(np.int64)
+  real = np.tile((np.arange(padded) < size).astype(np.float32), micro_batches)
+  return pos, real

@@ -63,10 +63,15 @@ def cutmix_box(lam, cy, cx, height, width):
 
 
 def partners(mask):
-  """Index of each sample's partner: n-1-i for the n real samples, i for padding."""
+  """Index of each sample's partner: the k-th of the n real samples (in row order) pairs with
+  the (n-1-k)-th, as timm's flipped batch; padding rows (wherever they are) pair with
+  themselves."""
   i = jnp.arange(mask.shape[0])
-  n = jnp.sum(mask > 0).astype(i.dtype)
-  return jnp.where(i < n, n - 1 - i, i)
+  real = mask > 0
+  n = jnp.sum(real).astype(i.dtype)
+  rank = jnp.cumsum(real).astype(i.dtype) - 1  # k of each real row
+  rows = jnp.argsort(~real, stable=True)  # the real rows first, in order
+  return jnp.where(real, rows[jnp.clip(n - 1 - rank, 0, mask.shape[0] - 1)], i)
 
 
 def apply_params(images, targets, mask, params):

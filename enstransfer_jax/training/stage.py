@@ -154,6 +154,8 @@ def train_stage(run, s, stage, position=None, previous_stage=None):
   aux = _Aux(run, terms, stage, placement)
   n, size = len(run.data.train_labels), c.batch_size
   slices = batches.batch_slices(n, size, c.get('drop_last', False))
+  pos, real = batches.device_layout(size, int(c.grad_accum_steps), placement.data_size)
+  pos = None if len(pos) == size else pos
   feed = None if run.data.train_encoded is None else host_pipeline.HostCrops(
       run.data.train_encoded, c.image_size, c.interpolation, workers=c.data_workers)
   probs = None
@@ -168,6 +170,8 @@ def train_stage(run, s, stage, position=None, previous_stage=None):
       lo, hi = slices[b]
       idx, mask = batches.padded_indices(orders, lo, hi, size)
       images = next(crops) if feed else run.data.train_images[idx]
+      if pos is not None:  # micro-batches padded to split over the 'data' axis
+        idx, mask, images = idx[:, pos], mask[:, pos] * real, images[:, pos]
       batch = placement.batch({'images': images,
                                'labels': run.data.train_labels[idx].astype(np.int32),
                                'mask': mask, 'new_epoch': np.full((k,), b == 0)})

@@ -10,4 +10,3 @@ from enstransfer_jax.data.datasets import DataNotFoundError
 from enstransfer_jax.data.datasets import DataSplits
 from enstransfer_jax.data.datasets import DATASETS
 from enstransfer_jax.data.datasets import load_dataset
-from enstransfer_jax.data.datasets import metric_fn

@@ -36,7 +36,6 @@ import numpy as np
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
-from enstransfer_jax import metrics as metrics_lib
 from enstransfer_jax.data import host_pipeline
 
 SPLIT_RANDOM_STATE = 42
@@ -101,13 +100,6 @@ DATASETS = ('digits',) + tuple(sorted(TFDS_SOURCES))
 def dataset_metric(name):
   """'mean_per_class' or 'top1', as the reference's DS_TO_METRIC_AND_N_CLASSES."""
   return 'mean_per_class' if name in MEAN_PER_CLASS else 'top1'
-
-
-def metric_fn(name):
-  """f(probs_or_logits [N, C], labels [N]) -> float in [0, 1]; name: a dataset or a metric."""
-  metric = name if name in metrics_lib.METRICS else dataset_metric(name)
-  fn = metrics_lib.METRICS[metric]
-  return lambda scores, labels: fn(np.asarray(scores), np.asarray(labels))
 
 
 def stratified_split(labels, num_second, seed=SPLIT_RANDOM_STATE):

@@ -225,18 +225,24 @@ def create_model(name: str, num_classes: int, *, width: int = 64,
     raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
   if isinstance(width, bool) or not isinstance(width, int) or width < 1:
     raise ValueError(f'width must be a positive int (64 = torchvision), got {width!r}')
+  dt = parse_dtype(dtype, _DTYPES)
+  block, stages = ARCHS[arch]
+  return ResNet(block=block, stage_sizes=stages, num_classes=num_classes,
+                width=width, dtype=dt, arch=arch)
+
+
+def parse_dtype(dtype, allowed):
+  """jnp.dtype of a name or dtype among `allowed` (names); one-line errors otherwise."""
   try:
     dt = jnp.dtype(dtype)
   except TypeError:
     dt = None
-  if dt is None or dt.name not in _DTYPES:
-    raise ValueError(f'dtype must be one of {", ".join(_DTYPES)}, got {dtype!r}')
+  if dt is None or dt.name not in allowed:
+    raise ValueError(f'dtype must be one of {", ".join(allowed)}, got {dtype!r}')
   if dt == jnp.float64 and not jax.config.jax_enable_x64:
     raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) "
                      'before any JAX computation')
-  block, stages = ARCHS[arch]
-  return ResNet(block=block, stage_sizes=stages, num_classes=num_classes,
-                width=width, dtype=dt, arch=arch)
+  return dt
 
 
 def init_variables(model: ResNet, rng, image_size: int = 32):

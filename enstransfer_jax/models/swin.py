@@ -391,12 +391,7 @@ def create_model(name: str, num_classes: int, *, width: Optional[int] = None,
       raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
     spec = dataclasses.replace(spec, drop_path_rate=float(drop_path_rate))
   check_spec(spec)
-  try:
-    dt = jnp.dtype(dtype)
-  except TypeError:
-    dt = None
-  if dt is None or dt.name not in _DTYPES:
-    raise ValueError(f'dtype must be one of {", ".join(_DTYPES)}, got {dtype!r}')
+  dt = resnet.parse_dtype(dtype, _DTYPES)
   return SwinTransformer(num_classes=num_classes, embed_dim=spec.embed_dim,
                          depths=tuple(spec.depths), num_heads=tuple(spec.num_heads),
                          window_size=spec.window_size, patch_size=spec.patch_size,

@@ -1,9 +1,14 @@
 """On-device image augmentation in JAX, equivalent to the reference's torchvision transforms.
 
 Images arrive as uint8 [B, H, W, 3]; every function returns float32 [B, S, S, 3] normalised with
-the ImageNet mean / std. All functions are pure jnp code with static keyword arguments, so the
-engine can call them inside its jitted train step, also under `jax.vmap` over ensemble members
-(one rng per member).
+the ImageNet mean / std, or float64, computed in float64, under jax_enable_x64 (the float64
+parity runs): in float32, XLA fuses the normalisation into the train step once for the forward
+pass and once, transposed, for the weight gradient of the first convolution, and the two copies
+can round differently (x / 255 - mean may be contracted into a fused multiply-add in one of
+them), so pixels differ by one float32 ulp between the forward pass and that gradient, a 1e-7
+relative error in the first layer's gradient that a float64 run must not have. All functions
+are pure jnp code with static keyword arguments, so the engine can call them inside its jitted
+train step, also under `jax.vmap` over ensemble members (one rng per member).
 
 Transforms (config.transform_name):
   imagenet  train: RandomResizedCrop(S, scale=(0.08, 1), ratio=(3/4, 4/3)) + horizontal flip;
@@ -52,6 +57,11 @@ def _keys_cubic(x, a=-0.5):
 _FILTERS = {'bilinear': _triangle, 'bicubic': _keys_cubic}
 
 
+def _real():
+  """The dtype of the transforms' arithmetic: float64 under jax_enable_x64, else float32."""
+  return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
 def _check_args(transform, interpolation, train=False):
   if transform not in TRANSFORMS and not (train and transform == HOST_CROP):
     raise ValueError(f'unknown transform {transform!r}; use one of {TRANSFORMS}')
@@ -65,17 +75,18 @@ def _check_images(images):
 
 
 def resize_weights(out_size, in_size, start, length, interpolation='bilinear'):
-  """[out_size, in_size] float32 matrix resampling input[start:start + length] to out_size.
+  """[out_size, in_size] matrix (float64 under x64, else float32) resampling
+  input[start:start + length] to out_size.
 
   `start` and `length` may be traced ints; pixels outside the window get weight 0.
   """
   fn = _FILTERS[interpolation]
-  start = jnp.asarray(start, jnp.float32)
-  length = jnp.asarray(length, jnp.float32)
+  start = jnp.asarray(start, _real())
+  length = jnp.asarray(length, _real())
   scale = length / out_size
   filter_scale = jnp.maximum(scale, 1.0)
-  centre = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * scale
-  pixel = jnp.arange(in_size, dtype=jnp.float32)
+  centre = start + (jnp.arange(out_size, dtype=_real()) + 0.5) * scale
+  pixel = jnp.arange(in_size, dtype=_real())
   w = fn((pixel[None, :] + 0.5 - centre[:, None]) / filter_scale)
   w = jnp.where((pixel >= start) & (pixel < start + length), w, 0.0)
   return w / jnp.sum(w, axis=1, keepdims=True)
@@ -95,7 +106,7 @@ def _resample_batch(images, wy, wx):
 
 def normalize(images01):
   """(x - mean) / std per channel for images already scaled to [0, 1]."""
-  return (images01 - jnp.asarray(MEAN, jnp.float32)) / jnp.asarray(STD, jnp.float32)
+  return (images01 - jnp.asarray(MEAN, _real())) / jnp.asarray(STD, _real())
 
 
 def _uniform_int(rng, upper):
@@ -165,7 +176,7 @@ def apply_train_params(images, params, *, transform, image_size, interpolation='
   _check_args(transform, interpolation, train=True)
   _check_images(images)
   _, height, width, _ = images.shape
-  x = images.astype(jnp.float32) / 255.0
+  x = images.astype(_real()) / 255.0
   if transform == 'none':
     return normalize(_resize_full(x, image_size, interpolation))
   if transform == HOST_CROP:
@@ -220,7 +231,7 @@ def eval_transform(images, *, transform, image_size, interpolation='bilinear'):
   _check_args(transform, interpolation)
   _check_images(images)
   _, height, width, _ = images.shape
-  x = images.astype(jnp.float32) / 255.0
+  x = images.astype(_real()) / 255.0
   if transform == 'swin_imagenet':
     transform = 'imagenet' if image_size > 32 else 'none'
   if transform != 'imagenet':

@@ -2,7 +2,7 @@
 
   python bench/parity_reference.py --reference-dir DIR [--methods single,sse,...]
       [--width 64 --image-size 32 --classes 0,1,2,3,4 --batch-size 128 --epochs 2]
-      [--json OUT.json] [--golden tests/golden_trajectories.json]
+      [--json OUT.json] [--write-golden tests/data/reference_trajectories.npz]
 
 DIR is a checkout of ens-hse-diploma (never part of this repository). For every method the
 script runs the reference's `main.main` -> `training.train` in this process and this engine's
@@ -29,8 +29,10 @@ What the script supplies to the reference (its code is run unchanged):
 At width != 64 the reference's ImageNetResNet is built with scaled channels from its own
 BasicBlock, Builder and _make_layer (the class fixes width 64).
 
-Needs torch (CPU) and giotto-ph for the RTD method. --golden writes the reference's per-step
-values for tests/test_golden.py, and the start weights beside it (golden_start.npz).
+Needs torch (CPU) and giotto-ph for the RTD method. --write-golden PATH writes the reference's
+per-step values (cross-entropy, learning rate, the method's regulariser term) and the start
+weights to one .npz for tests/test_golden_trajectories.py (see write_golden; tests/data/README.md
+has the command that made the committed file).
 """
 
 import argparse
@@ -65,6 +67,13 @@ METHODS = {
 # reference wandb key -> engine metric name
 TERMS = {'batch_loss': 'ce', 'batch_fmap_loss': 'fmap4', 'batch_wo_loss': 'wo',
          'batch_prev_ce_loss': 'prev_ce', 'lr': 'lr'}
+# --write-golden keeps only the steps of the first members of these methods (all for others),
+# and records a config of that many members for the engine's run: SSE-RTD's term is the one
+# whose engine / reference difference grows fastest along the run (from 2e-14 at its first step
+# to about 1e-9 at the last step of member 3, width 4), so its golden values stop after the
+# first cycle.
+GOLDEN_MEMBERS = {'sse_rtd': 2}
+GOLDEN_FORMAT = 1
 
 
 def base_settings(args):
@@ -281,20 +290,25 @@ def torch_names(variables):
   return out
 
 
+def engine_fields(name, settings, args):
+  """The fields this script sets on configs/base.py's config for `name` (all but ckpt)."""
+  fields = dict(settings, **METHODS[name])
+  fields.update(dict(name=name, dataset='digits', class_subset=tuple(args.classes),
+                     model='ResNet18', width=args.width, image_size=args.image_size,
+                     transform_name='none', dtype='float64', valid_freq=0, progress=False,
+                     compilation_cache_dir='', wandb_mode='disabled', log_every_steps=1,
+                     eval_batch_size=256, rtd_workers=0))
+  return fields
+
+
 def run_engine(name, settings, args, start_pt, workroot):
   import jax  # pylint: disable=g-import-not-at-top
   from configs import base  # pylint: disable=g-import-not-at-top
-  from enstransfer_jax.training import config_check, run_experiment  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import run_experiment  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
   assert jax.config.jax_enable_x64
   c = base.get_config()
-  for k, v in dict(settings, **METHODS[name]).items():
-    c[k] = v
-  c.update(dict(name=name, dataset='digits', class_subset=tuple(args.classes),
-                model='ResNet18', width=args.width, image_size=args.image_size,
-                transform_name='none', ckpt=start_pt, dtype='float64', valid_freq=0,
-                progress=False, compilation_cache_dir='', wandb_mode='disabled',
-                log_every_steps=1, eval_batch_size=256, rtd_workers=0))
+  c.update(dict(engine_fields(name, settings, args), ckpt=start_pt))
   saved = {}
   real_save = wd.save_member
 
@@ -331,13 +345,18 @@ def compare(ref_steps, eng_steps, ref_members, eng_members):
       worst = int(np.argmax(diffs))
       out['terms'][term] = {'max_abs': max(diffs), 'at_step': worst,
                             'first_above_1e-9': next((i for i, d in enumerate(diffs)
-                                                      if d > 1e-9), None)}
+                                                      if d > 1e-9), None),
+                            'per_step': diffs,
+                            'reference': [r[term] for r in ref_steps if term in r]}
   for j, (r, e) in enumerate(zip(ref_members, eng_members)):
     layer_diff = {k: float(np.max(np.abs(r[k] - e[k]))) for k in r if k in e}
+    layer_rel = {k: d / max(float(np.max(np.abs(r[k]))), 1e-300) for k, d in layer_diff.items()}
     worst = max(layer_diff, key=layer_diff.get)
+    worst_rel = max(layer_rel, key=layer_rel.get)
     out['members'].append({'member': j + 1, 'max_abs': layer_diff[worst], 'layer': worst,
-                           'missing': sorted(set(r) ^ set(e) - {k for k in r
-                                                                if k.endswith('num_batches_tracked')})})
+                           'max_rel': layer_rel[worst_rel], 'layer_rel': worst_rel,
+                           'missing': sorted((set(r) ^ set(e)) - {
+                               k for k in r if k.endswith('num_batches_tracked')})})
   return out
 
 
@@ -353,8 +372,8 @@ def prepare_data(args):
                                                    image_size=args.image_size))
 
   def tensors(images):
-    x = np.asarray(norm(images), np.float32).transpose(0, 3, 1, 2)
-    return torch.from_numpy(x.astype(np.float64))
+    x = np.asarray(norm(images), np.float64).transpose(0, 3, 1, 2)  # float64 under x64
+    return torch.from_numpy(np.ascontiguousarray(x))
 
   ref_tensors = (tensors(data.train_images), torch.from_numpy(data.train_labels).long(),
                  tensors(data.test_images), torch.from_numpy(data.test_labels).long())
@@ -372,7 +391,11 @@ def main(argv=None):
   p.add_argument('--batch-size', type=int, default=128)
   p.add_argument('--epochs', type=int, default=2, help='epochs per member')
   p.add_argument('--json', default='', help='write the comparison here')
-  p.add_argument('--golden', default='', help='write the reference per-step values here')
+  p.add_argument('--write-golden', default='', metavar='PATH',
+                 help='write the reference per-step values and the start weights here '
+                      '(tests/data/reference_trajectories.npz)')
+  p.add_argument('--reference-commit', default='',
+                 help='recorded in the golden file (default: git rev-parse HEAD in DIR)')
   args = p.parse_args(argv)
   args.classes = [int(x) for x in args.classes.split(',')]
   methods = [m.strip() for m in args.methods.split(',') if m.strip()]
@@ -408,9 +431,7 @@ def main(argv=None):
     res = compare(ref_steps, eng_steps, ref_members, eng_members)
     res['seconds'] = {'reference': round(t1 - t0, 1), 'engine': round(t2 - t1, 1)}
     results[name] = res
-    golden[name] = {'overrides': {k: list(v) if isinstance(v, tuple) else v
-                                  for k, v in METHODS[name].items()},
-                    'steps': ref_steps}
+    golden[name] = {'config': engine_fields(name, settings, args), 'steps': ref_steps}
     terms = ', '.join(f'{t} {v["max_abs"]:.1e}' for t, v in res['terms'].items())
     mem = ', '.join(f'm{m["member"]} {m["max_abs"]:.1e} ({m["layer"]})' for m in res['members'])
     print(f'{name:15s} steps {res["steps"]}/{res["engine_steps"]} | max |diff| per step: '
@@ -421,12 +442,58 @@ def main(argv=None):
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({'meta': meta, 'results': results}, f, indent=1)
-  if args.golden:
-    with open(args.golden, 'w') as f:
-      json.dump({'meta': meta, 'methods': golden}, f, indent=1)
-    np.savez_compressed(os.path.join(os.path.dirname(args.golden) or '.', 'golden_start.npz'),
-                        **{k: v.numpy() for k, v in start.state_dict().items()})
+  if args.write_golden:
+    write_golden(args.write_golden, dict(meta, reference=reference_source(args)), golden,
+                 start.state_dict(), results)
   shutil.rmtree(scratch, ignore_errors=True)
+
+
+def reference_source(args):
+  """{'repository', 'commit'} of the reference checkout (--reference-commit, or git's HEAD)."""
+  commit = args.reference_commit
+  if not commit:
+    import subprocess  # pylint: disable=g-import-not-at-top
+    try:
+      commit = subprocess.run(['git', '-C', args.reference_dir, 'rev-parse', 'HEAD'],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+      commit = 'unknown'
+  return {'repository': 'https://github.com/tgritsaev/ens-hse-diploma', 'commit': commit}
+
+
+def write_golden(path, meta, golden, start_state, results):
+  """The reference's per-step values and the start weights, for tests/test_golden_trajectories.py.
+
+  One .npz: 'meta' (a JSON string: how it was made, and per method the engine config fields,
+  the number of golden steps and the engine's difference when it was written),
+  'start/<torch name>' (the start weights, float32, torch layout) and '<method>/<term>' (float64
+  per-step values of the reference: ce, lr and the method's regulariser term).
+  """
+  arrays = {f'start/{k}': v.numpy() for k, v in start_state.items()}
+  methods = {}
+  for name, g in golden.items():
+    steps = g['steps']
+    members = METHODS[name].get('num_fge', 1)
+    keep = len(steps) * min(GOLDEN_MEMBERS.get(name, members), members) // members
+    terms = [t for t in ('ce', 'lr', 'fmap4', 'wo', 'prev_ce')
+             if t in ('ce', 'lr') or any(r.get(t) for r in steps)]
+    for t in terms:
+      arrays[f'{name}/{t}'] = np.asarray([r[t] for r in steps[:keep]], np.float64)
+    res = results[name]['terms']
+    config = dict(g['config'])
+    if keep < len(steps):  # the engine's run of the kept members only: the same first steps
+      config['num_fge'] = min(GOLDEN_MEMBERS[name], members)
+    methods[name] = {
+        'config': {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+        'terms': terms, 'steps': keep, 'reference_steps': len(steps),
+        'engine_max_abs_diff': {t: max(res[t]['per_step'][:keep]) for t in terms if t in res}}
+  meta = dict(meta, format=GOLDEN_FORMAT, methods=methods,
+              written=time.strftime('%Y-%m-%d', time.gmtime()))
+  arrays['meta'] = np.asarray(json.dumps(meta, sort_keys=True))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  np.savez_compressed(path, **arrays)
+  print(f'wrote {path} ({os.path.getsize(path)} bytes): ' +
+        ', '.join(f'{n} {m["steps"]} steps' for n, m in methods.items()), flush=True)
 
 
 if __name__ == '__main__':

@@ -322,13 +322,7 @@ def run_engine(name, settings, args, start_pt, workroot):
     run_experiment(c, workdir)
   finally:
     wd.save_member = real_save
-  steps = []
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    for line in f:
-      rec = json.loads(line)
-      if rec.get('event') == 'train':
-        steps.append(rec)
-  steps.sort(key=lambda r: r['step'])
+  steps = sorted(wd.read_events(workdir, 'train'), key=lambda r: r['step'])
   return steps, [saved[i] for i in sorted(saved)]
 
 

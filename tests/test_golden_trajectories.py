@@ -68,15 +68,10 @@ def _engine_steps(fields, ckpt, workdir):
   c = base.get_config()
   c.update({k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
   c.ckpt = ckpt
+  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
   with jax.enable_x64(True):
     run_experiment(c, workdir)
-  steps = []
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    for line in f:
-      rec = json.loads(line)
-      if rec.get('event') == 'train':
-        steps.append(rec)
-  return sorted(steps, key=lambda r: r['step'])
+  return sorted(wd.read_events(workdir, 'train'), key=lambda r: r['step'])
 
 
 def test_golden_file_describes_itself():

@@ -94,6 +94,14 @@ def load_member_probs(workdir, index):
   return np.load(os.path.join(member_dir(workdir, index), 'test_probs.npy'))
 
 
+def read_events(workdir, event=None):
+  """The records of <workdir>/metrics.jsonl (those of one `event`, e.g. 'train', if given),
+  in file order."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if event is None or r.get('event') == event]
+
+
 class MetricsLog:
   """Appends one JSON object per line to metrics.jsonl (and mirrors it to wandb)."""
 

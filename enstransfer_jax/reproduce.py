@@ -3,9 +3,11 @@
   python -m enstransfer_jax.reproduce --task digits --seeds 5 [--methods sse starsse] [--out DIR]
   python -m enstransfer_jax.reproduce --task cifar100 --ckpts byol-1 byol-2 [byol-3 ..] [--out DIR]
 
-digits: the embedded transfer task (configs/digits_task.py), CPU. Per seed, a ResNet-18 is
-  pre-trained once on digits 0-4 (<out>/pretrain/seed=S) and every method fine-tunes that
-  checkpoint on digits 5-9; seeds are 0..N-1.
+digits: the embedded transfer task (configs/digits_task.py), CPU. As in the thesis (every
+  seed fine-tunes the same pre-trained checkpoint), a ResNet-18 is pre-trained once on digits
+  0-4 with a fixed seed (<out>/pretrain; digits_task.PRETRAIN_SEED, `--pretrain-seed` to change
+  it, in another --out) and every method fine-tunes that one checkpoint on digits 5-9 with
+  seeds 0..N-1, so the seeds vary the fine-tuning alone.
 cifar100: the thesis's configs (configs/<method>.py) as the reference ran them: 2 pre-trained
   checkpoints x 3 seeds (seeds 1-3 on the first checkpoint, 4-6 on the second; `--seeds` sets
   the seeds per checkpoint); Global DE uses every checkpoint passed in each run.
@@ -110,19 +112,22 @@ def apply_overrides(config, overrides):
   return config
 
 
-def digits_jobs(methods, seeds, out, overrides=None):
-  """Per seed: the shared pre-training (method 'pretrain'), then every method from it;
-  `overrides` ({dotted field: value}) change the task for every run."""
+def digits_jobs(methods, seeds, out, overrides=None, pretrain_seed=None):
+  """The one pre-training (method 'pretrain', seed `pretrain_seed`, default
+  digits_task.PRETRAIN_SEED, in <out>/pretrain), then every method from its checkpoint for each
+  fine-tuning seed; `overrides` ({dotted field: value}) change the task for every run."""
   overrides = overrides or {}
   _import_configs()
   from configs import digits_task  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training import experiment, workdir as wd  # pylint: disable=g-import-not-at-top
-  jobs = []
+  if pretrain_seed is None:
+    pretrain_seed = digits_task.PRETRAIN_SEED
+  base = apply_overrides(digits_task.get_config(REFERENCE), overrides)
+  base.seed = pretrain_seed
+  pre = Job('pretrain', pretrain_seed, _quiet(experiment.pretrain_config(base)),
+            os.path.join(out, 'pretrain'), os.path.join(out, 'logs', 'pretrain.log'))
+  jobs = [pre]
   for seed in seeds:
-    base = apply_overrides(digits_task.get_config(REFERENCE), overrides)
-    base.seed = seed
-    pre = _job(out, 'pretrain', seed, experiment.pretrain_config(base))
-    jobs.append(pre)
     for method in methods:
       c = apply_overrides(digits_task.get_config(method), overrides)
       c.seed = seed
@@ -457,6 +462,10 @@ def parse_args(argv):
                  help='cifar100: pre-trained checkpoints (converted dirs or BYOL .pt files); '
                       'the first two carry the runs, Global DE uses all')
   p.add_argument('--data-dir', default='', help='cifar100: TFDS data dir')
+  p.add_argument('--pretrain-seed', type=int, default=None,
+                 help='digits: the seed of the one pre-training every run fine-tunes '
+                      '(default configs/digits_task.py PRETRAIN_SEED); another one needs its '
+                      'own --out')
   p.add_argument('--out', default=None, help='default: experiments/reproduce_<task>')
   p.add_argument('--set', nargs='+', default=[], metavar='FIELD=VALUE',
                  help='change a config field of every run (e.g. --set epochs=10 width=16); a '
@@ -480,6 +489,8 @@ def parse_args(argv):
     args.seeds = 5 if args.task == 'digits' else 3
   if args.seeds < 1:
     p.error(f'--seeds {args.seeds} must be at least 1')
+  if args.task == 'cifar100' and args.pretrain_seed is not None:
+    p.error('--pretrain-seed is for --task digits; cifar100 fine-tunes the --ckpts')
   if args.task == 'digits' and args.ckpts:
     p.error('--ckpts is for --task cifar100; the digits task pre-trains its own checkpoints')
   if args.task == 'cifar100' and not args.ckpts:
@@ -493,7 +504,8 @@ def reproduce(args, jobs=None):
   """Runs the jobs of `args` (or `jobs`), writes the table; returns the rows."""
   if jobs is None:
     if args.task == 'digits':
-      jobs = digits_jobs(args.methods, range(args.seeds), args.out, parse_overrides(args.set))
+      jobs = digits_jobs(args.methods, range(args.seeds), args.out, parse_overrides(args.set),
+                         args.pretrain_seed)
     else:
       jobs = cifar100_jobs(args.methods, list(args.ckpts), args.seeds, args.out, args.data_dir,
                            parse_overrides(args.set))

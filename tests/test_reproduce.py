@@ -1,6 +1,6 @@
 """python -m enstransfer_jax.reproduce end to end on a tiny digits task (2 methods, 2 seeds):
 the table against the runs' summary.json by hand, the paired differences against scipy, the
-shared pre-training, resuming, and the command's bad inputs."""
+one pre-training every seed fine-tunes, resuming, and the command's bad inputs."""
 
 import csv
 import json
@@ -83,15 +83,35 @@ def test_paired_interval_against_scipy_five_seeds():
   np.testing.assert_allclose([mean, lo, hi], [np.mean(x - y), ci.low, ci.high], rtol=1e-12)
 
 
-def test_pretraining_shared_per_seed(table):
+def test_one_pretraining_shared_by_every_seed(table):
+  """One pre-training (<out>/pretrain, seed digits_task.PRETRAIN_SEED); every method and every
+  fine-tuning seed starts from its checkpoint."""
+  from configs import digits_task  # pylint: disable=g-import-not-at-top
+  pre = os.path.join(table, 'pretrain')
+  assert os.path.exists(os.path.join(pre, 'summary.json'))
+  assert json.load(open(os.path.join(pre, 'config.json')))['seed'] == digits_task.PRETRAIN_SEED
+  assert sorted(os.listdir(table)) == sorted(['logs', 'pretrain', 'table.csv', 'table.md',
+                                              *METHODS])
   for s in SEEDS:
-    pre = os.path.join(table, 'pretrain', f'seed={s}')
-    assert os.path.exists(os.path.join(pre, 'summary.json'))
     for method in METHODS:
       config = json.load(open(os.path.join(table, method, f'seed={s}', 'config.json')))
       assert config['ckpt'] == os.path.join(pre, 'members', '1', 'checkpoint')
       assert config['seed'] == s and not config['pretrain']['enabled']
       assert not os.path.isdir(os.path.join(table, method, f'seed={s}', 'pretrain'))
+
+
+def test_pretrain_seed_option(table, capsys):
+  jobs = reproduce.digits_jobs(['sse'], [0, 1], '/o', reproduce.parse_overrides(TINY), 7)
+  assert [(j.method, j.seed, j.config.seed, j.workdir) for j in jobs] == [
+      ('pretrain', 7, 7, '/o/pretrain'), ('sse', 0, 0, '/o/sse/seed=0'),
+      ('sse', 1, 1, '/o/sse/seed=1')]
+  assert reproduce.parse_args(['--pretrain-seed', '3']).pretrain_seed == 3
+  # Another pre-training seed in the same --out is another config: an error, nothing trained.
+  with pytest.raises(SystemExit) as e:
+    reproduce.main(['--task', 'digits', '--seeds', '2', '--methods', *METHODS, '--out', table,
+                    '--no-progress', '--pretrain-seed', '1', '--set', *TINY])
+  assert e.value.code == 2
+  assert os.path.join(table, 'pretrain') in capsys.readouterr().err
 
 
 def test_finished_runs_are_not_trained_again(table, monkeypatch):

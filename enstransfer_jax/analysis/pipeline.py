@@ -246,13 +246,24 @@ def sample_indices(total, n):
   return np.sort(np.random.default_rng(0).choice(total, int(n), replace=False))
 
 
+def has_batchnorm(variables):
+  """Whether a model has BatchNorm statistics to recompute (a Swin, LayerNorm only, has not)."""
+  return bool(jax.tree_util.tree_leaves(variables['batch_stats']))
+
+
+def bn_images(member_vars, data, opts):
+  """The training images BN statistics are recomputed on (none without BatchNorm)."""
+  if not has_batchnorm(member_vars[0]):
+    return data.train_images[:0]
+  return data.train_images[sample_indices(len(data.train_images), opts.bn_examples)]
+
+
 def basin_results(ev, member_vars, pres, data, opts, score):
-  has_bn = bool(jax.tree_util.tree_leaves(member_vars[0]['batch_stats']))
-  bn_images = (data.train_images[sample_indices(len(data.train_images), opts.bn_examples)]
-               if has_bn else data.train_images[:0])  # a Swin: nothing to recompute
+  has_bn = has_batchnorm(member_vars[0])
+  bn_sample = bn_images(member_vars, data, opts)
   idx = sample_indices(len(data.test_labels), opts.eval_examples)
   x, y = data.test_images[idx], data.test_labels[idx]
-  recompute = lambda v: ev.recompute_bn(_vars(v), bn_images)
+  recompute = lambda v: ev.recompute_bn(_vars(v), bn_sample)
 
   def evaluate(v):
     p = ev.probs(_vars(v), x)
@@ -283,7 +294,7 @@ def basin_results(ev, member_vars, pres, data, opts, score):
     plane = basin.plane(evaluate, *[_vars(v) for v in member_vars[:3]], grid=opts.grid,
                         margin=opts.margin, recompute=recompute, progress=opts.progress)
   return {'members_recomputed_bn': ends, 'lines': lines, 'plane': plane,
-          'bn_examples': len(bn_images), 'eval_examples': len(y)}
+          'bn_examples': len(bn_sample), 'eval_examples': len(y)}
 
 
 def uncertainty_sections(res, config, probs, labels, ev, member_vars, opts, out):
@@ -321,7 +332,7 @@ def analyze_run(workdir, out, opts):
   model = models.create_model(arch, int(desc['num_classes']), width=int(desc['width']),
                               dtype=dtype, image_size=int(config.image_size))
   # BatchNorm statistics to recompute (soup, basin); a Swin (LayerNorm only) has none.
-  res['batchnorm'] = bool(jax.tree_util.tree_leaves(member_vars[0]['batch_stats']))
+  res['batchnorm'] = has_batchnorm(member_vars[0])
   data = datasets.load_dataset(config)
   if not np.array_equal(data.test_labels, labels):
     raise ValueError(f'the test split loaded from config.json differs from {workdir}/'
@@ -340,8 +351,7 @@ def analyze_run(workdir, out, opts):
     res['update_cosine'], res['update_modules'] = cos, mods
   score = metrics.METRICS[metric]
   if opts.soup:
-    bn = (data.train_images[sample_indices(len(data.train_images), opts.bn_examples)]
-          if res['batchnorm'] else data.train_images[:0])
+    bn = bn_images(member_vars, data, opts)
     sp = soup.soup_probs(ev, member_vars, bn, data.test_images)
     res['soup'] = {'acc': score(sp, labels), 'nll': metrics.nll(sp, labels),
                    'ece': metrics.ece(sp, labels), 'brier': metrics.brier(sp, labels),
@@ -351,8 +361,7 @@ def analyze_run(workdir, out, opts):
     if len(member_vars) < 3 and opts.grid:
       notes.append('Fewer than 3 members: no plane.')
   try:
-    spe = batches.num_batches(len(data.train_labels), config.batch_size,
-                              config.get('drop_last', False))
+    spe = batches.steps_per_epoch(config, len(data.train_labels))
     res['lr'], res['steps_per_epoch'] = schedules.lr_table(config, spe), spe
   except (ValueError, KeyError, AttributeError) as e:
     notes.append(f'Learning-rate schedule not tabulated: {e}')

@@ -50,6 +50,11 @@ def num_batches(num_examples, batch_size, drop_last=False):
   return len(batch_slices(num_examples, batch_size, drop_last))
 
 
+def steps_per_epoch(config, num_examples):
+  """Train steps per epoch of a config (its batch_size and drop_last) on num_examples."""
+  return num_batches(num_examples, config.batch_size, config.get('drop_last', False))
+
+
 def padded_indices(orders, lo, hi, batch_size):
   """Rows lo:hi of each member's order, padded to batch_size with the slice's first index.
 

@@ -139,8 +139,8 @@ class Run:
 
 
 def total_steps(config, data):
-  return schedules.total_epochs(config) * batches.num_batches(
-      len(data.train_labels), config.batch_size, config.get('drop_last', False))
+  return schedules.total_epochs(config) * batches.steps_per_epoch(config,
+                                                                   len(data.train_labels))
 
 
 def train_members(config, workdir, data, log, pretrained, programs=None, table_length=0):
@@ -155,8 +155,7 @@ def train_members(config, workdir, data, log, pretrained, programs=None, table_l
     programs[key] = Evaluator(model, transform=config.transform_name,
                               image_size=config.image_size, interpolation=config.interpolation,
                               batch_size=config.eval_batch_size)
-  spe = batches.num_batches(len(data.train_labels), config.batch_size,
-                            config.get('drop_last', False))
+  spe = batches.steps_per_epoch(config, len(data.train_labels))
   run = Run(config=config, workdir=workdir, data=data, model=model,
             arch=models.canonical_name(config.model), log=log,
             starts=starts_lib.Starts(config, model, data.num_classes, pretrained),

@@ -31,6 +31,8 @@ COMMON = {
     'reset_optim_state': True, 'ckpt': './checkpoints/byol-1000ep-1.pt',
 }
 FROZEN_BEFORE_LAYER3 = ('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2')
+FROZEN_BEFORE_LAYER4 = FROZEN_BEFORE_LAYER3 + ('layer3',)
+FROZEN_THROUGH_LAYER4 = FROZEN_BEFORE_LAYER4 + ('layer4',)
 NO_FREEZE = ()
 
 # Columns: reference, scheduler, num_fge, fge_epochs (None: one model per run, unused),
@@ -68,6 +70,14 @@ TABLE = {
     'freeze_starsse': ('ens-hse-diploma scripts/byol_freeze_starsse.py',
                        'cosine+warmup_cosine', 5, 12, 4, True, None, 0.0, 0.0, False,
                        FROZEN_BEFORE_LAYER3),
+    # No script: thesis section 5 and Table 4.1, rows (2) and (3); the frozen-StarSSE script's
+    # settings with more of the network frozen.
+    'freeze_starsse_layer4': ('ens-hse-diploma thesis Table 4.1 StarSSE (2), no script',
+                              'cosine+warmup_cosine', 5, 12, 4, True, None, 0.0, 0.0, False,
+                              FROZEN_BEFORE_LAYER4),
+    'freeze_starsse_through_layer4': ('ens-hse-diploma thesis Table 4.1 StarSSE (3), no script',
+                                      'cosine+warmup_cosine', 5, 12, 4, True, None, 0.0, 0.0,
+                                      False, FROZEN_THROUGH_LAYER4),
 }
 # Fields of one run per member (Local / Global DE) and of the WO gradient switch.
 ENSEMBLE = {'single': ('sse', 1), 'local_de': ('local_de', 5), 'global_de': ('global_de', 5)}

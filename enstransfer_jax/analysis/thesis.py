@@ -1,9 +1,14 @@
 """The thesis's Table 4.1 and the comparison of finished runs with it.
 
-Table 4.1 of the thesis (ens-hse-diploma): BYOL ResNet-50 fine-tuned on CIFAR-100, ensembles of
-5, mean +- std over 6 runs (2 pre-trained checkpoints x 3 seeds); accuracies in %, diversity =
-100 x mean pairwise disagreement / max error (no std given). Rows are keyed by the config
-name (configs/*.py `c.name`) of the method that reproduces them.
+Table 4.1 of the thesis (ens-hse-diploma, diploma.pdf): BYOL ResNet-50 fine-tuned on
+CIFAR-100, ensembles of 5; accuracies in %, diversity = 100 x mean pairwise disagreement / max
+error; every column is mean +- std. The thesis runs every method 6 times (2 pre-trained
+checkpoints x 3 seeds) except Local and Global DE, which it takes from the paper (Sadrtdinov
+et al., 2023): means over 5 runs. The StarSSE-WO row is the alpha = -31.6 column of the thesis's
+Table 6.3 (same accuracies and diversity; Table 6.3 gives a member-accuracy std of 0.12 where
+Table 4.1 gives 0.24); configs/starsse_wo.py uses wo_beta 10, which changes nothing in
+training since the reference's WO term has no gradient. Rows are keyed by the config name
+(configs/*.py `c.name`) of the method that reproduces them.
 
 thesis_columns(name, runs, member_acc, ensemble_acc) gives, for a method of the table whose
 runs are all in the thesis's setting (setting_problem), the thesis's values and the
@@ -14,22 +19,32 @@ difference of the runs' mean from the thesis's mean in units of the thesis's std
 import json
 import os
 
-# name: (row label, (member acc mean, std), diversity, (ensemble acc mean, std))
+# name: (row label, (member acc mean, std), (diversity mean, std), (ensemble acc mean, std),
+#        runs), as printed in the thesis's Table 4.1.
 TABLE_4_1 = {
-    'local_de': ('Local DE', (86.02, 0.09), 66.25, (87.33, 0.21)),
-    'global_de': ('Global DE', (86.02, 0.09), 80.21, (88.10, 0.11)),
-    'sse': ('SSE', (85.52, 0.34), 71.57, (87.11, 0.06)),
-    'starsse': ('StarSSE', (85.88, 0.25), 68.12, (87.41, 0.12)),
-    'sse_rtd': ('SSE-RTD (beta 0.0316, pooled map)', (85.71, 0.07), 68.04, (87.36, 0.09)),
-    'sse_mse': ('SSE-MSE (beta 20, pooled map)', (86.46, 0.22), 56.62, (87.37, 0.02)),
-    'freeze_starsse': ('StarSSE, frozen before layer3', (85.57, 0.36), 71.37, (87.26, 0.06)),
-    'starsse_wo': ('StarSSE-WO', (85.83, 0.24), 67.31, (87.40, 0.16)),
-    'starsse_ce': ('StarSSE-CE (only wrong, beta -0.1)', (85.40, 0.49), 75.21, (87.44, 0.20)),
+    'local_de': ('Local DE (the paper\'s)', (86.02, 0.09), (66.25, 3.56), (87.33, 0.21), 5),
+    'global_de': ('Global DE (the paper\'s)', (86.02, 0.09), (80.21, 1.6), (88.10, 0.11), 5),
+    'sse': ('SSE', (85.52, 0.34), (71.57, 5.94), (87.11, 0.06), 6),
+    'starsse': ('StarSSE', (85.88, 0.25), (68.12, 1.15), (87.41, 0.12), 6),
+    'sse_rtd': ('SSE-RTD (beta 0.0316, pooled map)', (85.71, 0.07), (68.04, 5.78),
+                (87.36, 0.09), 6),
+    'sse_mse': ('SSE-MSE (beta 20, pooled map)', (86.46, 0.221), (56.62, 5.95), (87.37, 0.02),
+                6),
+    'freeze_starsse': ('StarSSE (1) frozen before layer3, x0.74 time', (85.57, 0.356),
+                       (71.37, 2.02), (87.26, 0.06), 6),
+    'freeze_starsse_layer4': ('StarSSE (2) frozen before layer4, x0.6 time', (85.94, 0.225),
+                              (60.94, 1.25), (87.1, 0.14), 6),
+    'freeze_starsse_through_layer4': ('StarSSE (3) frozen through layer4, x0.55 time',
+                                      (86.01, 0.195), (17.38, 1.02), (86.09, 0.22), 6),
+    'starsse_wo': ('StarSSE-WO (Table 6.3, alpha -31.6)', (85.83, 0.24), (67.31, 1.77),
+                   (87.4, 0.16), 6),
+    'starsse_ce': ('StarSSE-CE (2) (only wrong, beta -0.1)', (85.4, 0.49), (75.21, 3.79),
+                   (87.44, 0.2), 6),
 }
 ENSEMBLE_SIZE = 5
 COLUMNS = ('thesis_member_acc_mean', 'thesis_member_acc_std', 'member_acc_vs_thesis',
-           'thesis_diversity', 'thesis_ensemble_acc_mean', 'thesis_ensemble_acc_std',
-           'ensemble_acc_vs_thesis', 'thesis_note')
+           'thesis_diversity', 'thesis_diversity_std', 'thesis_ensemble_acc_mean',
+           'thesis_ensemble_acc_std', 'ensemble_acc_vs_thesis', 'thesis_runs', 'thesis_note')
 
 
 def _is_resnet50(model):
@@ -95,17 +110,19 @@ def thesis_columns(name, runs, member_acc, ensemble_acc):
   if problems:
     out['thesis_note'] = problems[0]
     return out
-  _, (m_mean, m_std), div, (e_mean, e_std) = TABLE_4_1[name]
+  _, (m_mean, m_std), (div, div_std), (e_mean, e_std), runs_n = TABLE_4_1[name]
   mean = lambda v: sum(v) / len(v)
   out.update(thesis_member_acc_mean=m_mean, thesis_member_acc_std=m_std,
              member_acc_vs_thesis=(mean(member_acc) - m_mean) / m_std, thesis_diversity=div,
+             thesis_diversity_std=div_std, thesis_runs=runs_n,
              thesis_ensemble_acc_mean=e_mean, thesis_ensemble_acc_std=e_std,
              ensemble_acc_vs_thesis=(mean(ensemble_acc) - e_mean) / e_std, thesis_note='')
   return out
 
 
 def formatted(row):
-  """Markdown cells of a comparison row's thesis columns: '86.02 +- 0.09', '+1.23'."""
+  """Markdown cells of a comparison row's thesis columns: '86.02 +- 0.09', '+1.23'
+  (means and stds to 2 decimals, as the thesis prints most of them)."""
   if row.get('thesis_ensemble_acc_mean') is None:
     return {'thesis_member_acc': '', 'member_acc_z': '', 'thesis_diversity_cell': '',
             'thesis_ensemble_acc': f"n/a: {row.get('thesis_note') or 'not comparable'}",
@@ -114,7 +131,8 @@ def formatted(row):
       'thesis_member_acc': f"{row['thesis_member_acc_mean']:.2f} +- "
                            f"{row['thesis_member_acc_std']:.2f}",
       'member_acc_z': f"{row['member_acc_vs_thesis']:+.2f}",
-      'thesis_diversity_cell': f"{row['thesis_diversity']:.2f}",
+      'thesis_diversity_cell': f"{row['thesis_diversity']:.2f} +- "
+                               f"{row['thesis_diversity_std']:.2f}",
       'thesis_ensemble_acc': f"{row['thesis_ensemble_acc_mean']:.2f} +- "
                              f"{row['thesis_ensemble_acc_std']:.2f}",
       'ensemble_acc_z': f"{row['ensemble_acc_vs_thesis']:+.2f}",

@@ -18,7 +18,8 @@ Swin (Microsoft layout): the state dict under 'model' (supervised) or SimMIM's
 another window size are resized (bicubic; SimMIM: the SimMIM code's geometric cubic
 spline) to the windows of --image-size (default 224); a SimMIM encoder without a head
 gets a fresh one (--num-classes, default 1000).
-Exit status: 0 ok, 2 usage error or existing output (nothing touched), 1 other errors.
+Exit status: 0 ok; 2 a usage error or bad input (one line saying what to do; nothing
+written); 1 a bug (with its traceback).
 """
 
 import argparse
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
   if args.all_members and not args.to_torch:
     print('error: --all-members exports a run to torch files; add --to-torch', file=sys.stderr)
     return 2
-  from enstransfer_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax import checkpoints, errors  # pylint: disable=g-import-not-at-top
   try:
     if args.all_members:
       info = checkpoints.export_members(args.input, args.output, force=args.force)
@@ -68,12 +69,9 @@ def main(argv=None) -> int:
       print(f'wrote {args.output}: {meta["architecture"]} (width {meta["width"]}), '
             f'{meta["num_params"]:,} params, {meta["num_classes"]} classes{head}, '
             f'source sha256 {meta["source_sha256"]}')
-  except FileExistsError as e:
-    print(f'error: {e}', file=sys.stderr)
+  except errors.USER_ERRORS as e:
+    print(f'error: {errors.one_line(e)}', file=sys.stderr)
     return 2
-  except (ValueError, FileNotFoundError, OSError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
   return 0
 
 

@@ -48,12 +48,18 @@ def check_override_keys(argv):
     sys.exit(2)
   spec = importlib.util.spec_from_file_location('experiment_config', path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except
+    where = f' (line {e.lineno})' if isinstance(e, SyntaxError) and e.lineno else ''
+    _fail(f'config file {path} cannot be loaded: {type(e).__name__}{where}: '
+          f'{(getattr(e, "msg", None) or str(e)).splitlines()[0] if str(e) else ""}; fix the file')
+  if not callable(getattr(module, 'get_config', None)):
+    _fail(f'config file {path} has no get_config() function; see configs/ for the form')
   try:
     config = module.get_config(variant) if variant else module.get_config()
   except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
   for arg in argv:
     if not arg.startswith('--config.'):
       continue
@@ -67,6 +73,19 @@ def check_override_keys(argv):
       node = node[part]
 
 
+def _fail(message):
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad flag value (--config.epochs=abc) as one line, exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(f'{str(e).splitlines()[0]}; see python main.py --helpfull')
+
+
 if __name__ == '__main__':
   check_override_keys(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

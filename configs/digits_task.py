@@ -29,6 +29,7 @@ python main.py --config configs/digits_task.py:sse --config.ckpt=PRETRAINED_DIR
 import importlib
 
 from configs import quickstart
+from enstransfer_jax.errors import UserError
 
 # The seed of the task's one pre-training on digits 0-4: every method and every fine-tuning
 # seed starts from the same checkpoint, as the thesis's runs start from the same BYOL
@@ -69,8 +70,8 @@ def task_config():
 
 def get_config(method='starsse'):
   if method not in METHODS:
-    raise ValueError(f'unknown method {method!r} for the digits task; use one of '
-                     f'{", ".join(METHODS)}')
+    raise UserError(f'unknown method {method!r} for the digits task; use one of '
+                    f'{", ".join(METHODS)}')
   c = importlib.import_module(f'configs.{_CONTROLS.get(method, method)}').get_config()
   task = task_config()
   if method == 'starsse_lr2':

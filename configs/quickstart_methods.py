@@ -5,6 +5,7 @@ python main.py --config configs/quickstart_methods.py:sse_rtd
 """
 
 from configs import quickstart
+from enstransfer_jax.errors import UserError
 
 VARIANTS = ('sse_rtd', 'sse_rtd_lite', 'sse_mse', 'starsse_wo', 'starsse_ce', 'freeze_starsse')
 # RTD-Lite's beta: SSE-RTD's times the ratio RTD / RTD-Lite at this size (configs/sse_rtd_lite.py).
@@ -14,7 +15,7 @@ _LOSSES = {'sse_rtd': 'RTDLoss', 'sse_rtd_lite': 'RTDLiteLoss', 'sse_mse': 'MSEL
 
 def get_config(variant='sse_rtd'):
   if variant not in VARIANTS:
-    raise ValueError(f'unknown quickstart variant {variant!r}; use one of {", ".join(VARIANTS)}')
+    raise UserError(f'unknown quickstart variant {variant!r}; use one of {", ".join(VARIANTS)}')
   c = quickstart.get_config()
   c.name = f'quickstart_{variant}'
   c.wandb_group = f'Quickstart_{variant}'

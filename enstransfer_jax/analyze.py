@@ -21,6 +21,7 @@ import os
 import sys
 
 from enstransfer_jax.analysis import pipeline, report
+from enstransfer_jax.errors import UserError
 
 
 def _out_dirs(workdirs, out):
@@ -92,11 +93,11 @@ def analyze_runs(workdirs, out=None, *, subset=512, progress=True, compare_only=
     workdirs = [workdirs]
   workdirs = [os.fspath(w) for w in workdirs]
   if not workdirs:
-    raise ValueError('give at least one work dir')
+    raise UserError('give at least one work dir')
   unknown = set(options) - {f.name for f in dataclasses.fields(pipeline.Options)}
   if unknown:
-    raise ValueError(f'unknown analysis option(s) {sorted(unknown)}; valid: '
-                     f'{[f.name for f in dataclasses.fields(pipeline.Options)]}')
+    raise UserError(f'unknown analysis option(s) {sorted(unknown)}; valid: '
+                    f'{[f.name for f in dataclasses.fields(pipeline.Options)]}')
   opts = pipeline.Options(subset=subset, progress=progress, **options)
   opts.check()
   for w in workdirs:

@@ -40,6 +40,7 @@ from enstransfer_jax import atomic
 from enstransfer_jax import models
 from enstransfer_jax import swin_checkpoints
 from enstransfer_jax.models import resnet
+from enstransfer_jax.errors import UserError
 
 _LEAVES = {  # (collection, flax leaf) -> torch suffix
     ('params', 'kernel'): 'weight',
@@ -91,8 +92,8 @@ def infer_arch(keys) -> str:
   for arch, (block, sizes) in resnet.ARCHS.items():
     if tuple(stages) == sizes and (block == 'bottleneck') == bottleneck:
       return arch
-  raise ValueError(f'not a ResNet-18/34/50 state dict: blocks per stage {stages}, '
-                   f'bottleneck={bottleneck}, first keys {keys[:3]}')
+  raise UserError(f'not a ResNet-18/34/50 state dict: blocks per stage {stages}, '
+                  f'bottleneck={bottleneck}, first keys {keys[:3]}')
 
 
 def _is_swin(variables) -> bool:
@@ -142,15 +143,15 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str,
   missing = [k for k in table if k not in sd]
   unexpected = [k for k in given if k not in table]
   if missing or unexpected:
-    raise ValueError(f'state dict is not a torchvision {arch} (width {width}): '
-                     f'missing {_first(missing)}, unexpected {_first(unexpected)}')
+    raise UserError(f'state dict is not a torchvision {arch} (width {width}): '
+                    f'missing {_first(missing)}, unexpected {_first(unexpected)}')
   flat = {'params': {}, 'batch_stats': {}}
   for key, (col, path) in table.items():
     value = sd[key]
     expected = _to_torch_layout(np.empty(_shape_at(shapes[col], path), np.uint8)).shape
     if value.shape != expected:
-      raise ValueError(f'shape mismatch for {key!r}: expected {expected}, got '
-                       f'{tuple(value.shape)}')
+      raise UserError(f'shape mismatch for {key!r}: expected {expected}, got '
+                      f'{tuple(value.shape)}')
     flat[col][path] = np.array(_to_flax_layout(value), np.float32, order='C')  # a copy
   variables = {c: traverse_util.unflatten_dict(f) for c, f in flat.items()}
   if num_classes is not None and num_classes != ckpt_classes:
@@ -170,7 +171,7 @@ def flax_to_torch(variables) -> Dict[str, Any]:
     return swin_checkpoints.flax_to_torch(variables)
   for col in ('params', 'batch_stats'):
     if col not in variables:
-      raise ValueError(f'variables lack {col!r}; expected {{"params", "batch_stats"}}')
+      raise UserError(f'variables lack {col!r}; expected {{"params", "batch_stats"}}')
   table = name_map(variables)
   sd = {}
   for key, (col, path) in table.items():
@@ -199,16 +200,16 @@ def unwrap_state_dict(obj, source: str = 'checkpoint') -> Dict[str, Any]:
   A leading 'module.' (DataParallel) is stripped from every key.
   """
   if not isinstance(obj, Mapping):
-    raise ValueError(f'{source} holds a {type(obj).__name__}, not a dict with a state dict')
+    raise UserError(f'{source} holds a {type(obj).__name__}, not a dict with a state dict')
   for key in _WRAPPERS:
     if isinstance(obj.get(key), Mapping):
       obj = obj[key]
       break
   sd = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in obj.items()}
   if not sd or not all(hasattr(v, 'shape') for v in sd.values()):
-    raise ValueError(f'{source} holds no state dict (top-level keys '
-                     f'{list(sd)[:5]}); expected tensors, possibly under one of '
-                     f'{", ".join(_WRAPPERS)}')
+    raise UserError(f'{source} holds no state dict (top-level keys '
+                    f'{list(sd)[:5]}); expected tensors, possibly under one of '
+                    f'{", ".join(_WRAPPERS)}')
   return sd
 
 
@@ -224,10 +225,10 @@ def read_torch_checkpoint(path, *, trust_pickle: bool = False) -> Dict[str, Any]
     msg = str(e)
     if 'Unsupported global' in msg:
       what = msg[msg.index('Unsupported global'):].split('\n')[0].strip()
-      raise ValueError(f'{path} holds Python objects besides tensors ({what}); if you '
-                       'trust the file, pass --trust-pickle (trust_pickle=True)') from None
-    raise ValueError(f'{path} is not a readable PyTorch checkpoint '
-                     f'({type(e).__name__}: {msg.splitlines()[0] if msg else ""})') from None
+      raise UserError(f'{path} holds Python objects besides tensors ({what}); if you '
+                      'trust the file, pass --trust-pickle (trust_pickle=True)') from None
+    raise UserError(f'{path} is not a readable PyTorch checkpoint '
+                    f'({type(e).__name__}: {msg.splitlines()[0] if msg else ""})') from None
   return unwrap_state_dict(obj, source=str(path))
 
 
@@ -262,7 +263,7 @@ def save_converted(out_dir, variables, metadata: Optional[Mapping[str, Any]] = N
     meta = {'format': 'enstransfer_jax.resnet/1', **describe(tree)}
   for k, v in dict(metadata or {}).items():
     if k == 'architecture' and models.canonical_name(v) != meta[k]:
-      raise ValueError(f'metadata says {v} but the variables are a {meta[k]}')
+      raise UserError(f'metadata says {v} but the variables are a {meta[k]}')
     meta.setdefault(k, v)
   out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -277,12 +278,12 @@ def save_converted(out_dir, variables, metadata: Optional[Mapping[str, Any]] = N
 def read_metadata(ckpt_dir) -> Dict[str, Any]:
   path = Path(ckpt_dir) / 'metadata.json'
   if not path.is_file():
-    raise ValueError(f'{ckpt_dir} is not a converted checkpoint (no metadata.json); '
-                     f'{_HOW_TO}')
+    raise UserError(f'{ckpt_dir} is not a converted checkpoint (no metadata.json); '
+                    f'{_HOW_TO}')
   try:
     return json.loads(path.read_text())
   except ValueError as e:
-    raise ValueError(f'{path} is not valid JSON ({e}); reconvert the checkpoint') from None
+    raise UserError(f'{path} is not valid JSON ({e}); reconvert the checkpoint') from None
 
 
 def _checkpointer():
@@ -316,7 +317,7 @@ def load_pretrained(path, arch: Optional[str] = None, *,
   meta = read_metadata(p)
   name = models.canonical_name(meta.get('architecture', '?'))
   if arch and models.canonical_name(arch) != name:
-    raise ValueError(f'{p} holds a {name}, not the requested {arch}')
+    raise UserError(f'{p} holds a {name}, not the requested {arch}')
   try:
     tree = _checkpointer().restore((p / 'variables').absolute())
     if models.is_swin(name):  # Swin has no batch statistics (an empty dict)
@@ -324,8 +325,8 @@ def load_pretrained(path, arch: Optional[str] = None, *,
     return name, {'params': tree['params'], 'batch_stats': tree['batch_stats']}
   except Exception as e:  # pylint: disable=broad-except
     reason = (str(e).strip().splitlines() or [''])[0][:160]
-    raise ValueError(f'{p} is corrupt or half-written ({type(e).__name__}: {reason}); convert '
-                     'or train it again') from None
+    raise UserError(f'{p} is corrupt or half-written ({type(e).__name__}: {reason}); convert '
+                    'or train it again') from None
 
 
 def _swin_input(sd, arch) -> bool:
@@ -359,8 +360,8 @@ def convert_file(in_path, out_dir, *, arch: Optional[str] = None,
       meta['head_seed'] = seed
     return save_converted(out_dir, variables, meta, force=force)
   if image_size is not None or simmim:
-    raise ValueError('--image-size and --simmim apply to Swin checkpoints only; drop them '
-                     'for a ResNet')
+    raise UserError('--image-size and --simmim apply to Swin checkpoints only; drop them '
+                    'for a ResNet')
   name = resnet.canonical_name(arch) if arch else infer_arch(sd)
   variables = torch_to_flax(sd, name, num_classes, rng=jax.random.PRNGKey(seed))
   src_classes = _numpy(sd['fc.bias']).shape[0]
@@ -403,8 +404,8 @@ def export_members(workdir, out_dir, *, force: bool = False) -> Dict[str, Any]:
   ids = sorted(int(d.name) for d in (work / 'members').glob('*')
                if d.name.isdigit() and (d / 'checkpoint').is_dir())
   if not ids:
-    raise ValueError(f'{work} holds no member checkpoint (members/<i>/checkpoint); train it '
-                     'first')
+    raise UserError(f'{work} holds no member checkpoint (members/<i>/checkpoint); train it '
+                    'first')
   read = lambda name: (json.loads((work / name).read_text()) if (work / name).is_file() else {})
   info, config, summary = read('run_info.json'), read('config.json'), read('summary.json')
   accs = {m['member']: m.get('test_acc') for m in summary.get('members', [])}

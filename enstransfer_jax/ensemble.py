@@ -39,6 +39,7 @@ import numpy as np
 
 from enstransfer_jax import checkpoints, models
 from enstransfer_jax.analysis import calibration, evaluate, ood
+from enstransfer_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,21 +79,21 @@ def as_uint8(images):
   """uint8 [N, H, W, 3] from uint8 or [0, 1] float images (see the module docstring)."""
   x = np.asarray(images)
   if x.ndim != 4 or x.shape[-1] not in (1, 3):
-    raise ValueError(f'images must be [N, H, W, 3] (or [N, H, W, 1]), got shape {x.shape}')
+    raise UserError(f'images must be [N, H, W, 3] (or [N, H, W, 1]), got shape {x.shape}')
   if x.shape[-1] == 1:
     x = np.repeat(x, 3, axis=-1)
   if x.dtype == np.uint8:
     return x
   if np.issubdtype(x.dtype, np.floating):
     if x.size and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
-      raise ValueError(f'float images must hold values in [0, 1], got {np.nanmin(x):g}..'
-                       f'{np.nanmax(x):g}; divide 0..255 values by 255 or pass uint8 images')
+      raise UserError(f'float images must hold values in [0, 1], got {np.nanmin(x):g}..'
+                      f'{np.nanmax(x):g}; divide 0..255 values by 255 or pass uint8 images')
     return np.round(x.astype(np.float64) * 255.0).astype(np.uint8)
   if np.issubdtype(x.dtype, np.integer):
     if x.size and (x.min() < 0 or x.max() > 255):
-      raise ValueError(f'integer images must hold values in 0..255, got {x.min()}..{x.max()}')
+      raise UserError(f'integer images must hold values in 0..255, got {x.min()}..{x.max()}')
     return x.astype(np.uint8)
-  raise ValueError(f'images must be uint8 or float in [0, 1], got dtype {x.dtype}')
+  raise UserError(f'images must be uint8 or float in [0, 1], got dtype {x.dtype}')
 
 
 class Ensemble:
@@ -105,7 +106,7 @@ class Ensemble:
     self.variables = stacked_variables
     self.evaluator = evaluator
     if temperature is not None and not float(temperature) > 0:
-      raise ValueError(f'temperature must be > 0, got {temperature}')
+      raise UserError(f'temperature must be > 0, got {temperature}')
     self.temperature = None if temperature is None else float(temperature)
     self.num_classes = int(info['num_classes'])
     subset = tuple(config.get('class_subset') or ())
@@ -124,26 +125,26 @@ class Ensemble:
     config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, 'config.json'), how))
     info = _read_json(os.path.join(workdir, 'run_info.json'), how)
     if not os.path.isfile(os.path.join(workdir, 'summary.json')):
-      raise ValueError(f'{workdir} holds an unfinished run (no summary.json); run its training '
-                       'command again to finish it')
+      raise UserError(f'{workdir} holds an unfinished run (no summary.json); run its training '
+                      'command again to finish it')
     mdir = os.path.join(workdir, 'members')
     found = sorted(int(d) for d in (os.listdir(mdir) if os.path.isdir(mdir) else [])
                    if d.isdigit() and os.path.isdir(os.path.join(mdir, d, 'checkpoint')))
     if not found:
-      raise ValueError(f'{workdir} holds no member checkpoint (members/<i>/checkpoint)')
+      raise UserError(f'{workdir} holds no member checkpoint (members/<i>/checkpoint)')
     ids = found if members is None else [int(m) for m in members]
     missing = [m for m in ids if m not in found]
     if missing or not ids or len(set(ids)) != len(ids):
-      raise ValueError(f'members {list(ids)}: choose distinct ids among those of {workdir}: '
-                       f"{','.join(map(str, found))}")
+      raise UserError(f'members {list(ids)}: choose distinct ids among those of {workdir}: '
+                      f"{','.join(map(str, found))}")
     arch, variables, desc = None, [], {}
     for m in ids:
       arch, v = checkpoints.load_pretrained(os.path.join(mdir, str(m), 'checkpoint'))
       variables.append({'params': v['params'], 'batch_stats': v['batch_stats']})
       desc = checkpoints.describe(variables[-1])  # ResNet or Swin
       if desc['num_classes'] != int(info['num_classes']):
-        raise ValueError(f"member {m} has {desc['num_classes']} outputs but run_info.json "
-                         f"says {info['num_classes']} classes; the work dir is inconsistent")
+        raise UserError(f"member {m} has {desc['num_classes']} outputs but run_info.json "
+                        f"says {info['num_classes']} classes; the work dir is inconsistent")
     dtype = jnp.bfloat16 if config.get('dtype', 'float32') == 'bfloat16' else jnp.float32
     model = models.create_model(arch, int(info['num_classes']), width=int(desc['width']),
                                 dtype=dtype, image_size=int(config.image_size))
@@ -167,7 +168,7 @@ class Ensemble:
     arrays = [np.asarray(im) for im in images]
     for i, im in enumerate(arrays):
       if im.ndim != 3:
-        raise ValueError(f'image {i} of the list has shape {im.shape}; each must be [H, W, 3]')
+        raise UserError(f'image {i} of the list has shape {im.shape}; each must be [H, W, 3]')
     out = np.zeros((len(self.members), len(arrays), self.num_classes), np.float32)
     groups = {}
     for i, im in enumerate(arrays):

@@ -1,32 +1,27 @@
-"""Turns the errors a user can cause into one line on stderr and exit status 2.
+"""One error type for the user's mistakes, and the command-line rule that turns them into one
+line on stderr and exit status 2.
 
-A user error is an exception whose message is written for the user: OSError (a full disk, a
-missing file), FloatingPointError (a NaN loss), and ValueError / KeyError / FileNotFoundError /
-FileExistsError raised by this project's own code (its checks of configs, data and
-checkpoints). The same types raised inside a library, and every other exception, are bugs:
-they keep their traceback.
+`UserError` (a ValueError, so `except ValueError` still catches it) is raised by this
+project's checks of configs, data, checkpoints and work dirs; its message says what is wrong
+and what to do. The command-line entry points (main.py, analyze, predict, reproduce,
+convert_byol.py) catch it by type, together with OSError (a full disk, a missing file: the
+message names the file) and FloatingPointError (a NaN loss: the message names the member).
+Every other exception is a bug and keeps its traceback.
 """
 
 import contextlib
-import os
 import sys
-import traceback
-
-_ALWAYS = (OSError, FloatingPointError)
-_OURS = (ValueError, KeyError, FileNotFoundError, FileExistsError)
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_OWN_CODE = (os.path.join(_ROOT, 'enstransfer_jax') + os.sep, os.path.join(_ROOT, 'configs') + os.sep,
-             os.path.join(_ROOT, 'main.py'), os.path.join(_ROOT, 'convert_byol.py'))
 
 
-def raised_by_project(e):
-  """True when the innermost frame that raised `e` is this project's code."""
-  frames = traceback.extract_tb(e.__traceback__)
-  return bool(frames) and os.path.abspath(frames[-1].filename).startswith(_OWN_CODE)
+class UserError(ValueError):
+  """A bad input (config, data, checkpoint, work dir): the message says what to do."""
+
+
+USER_ERRORS = (UserError, OSError, FloatingPointError)
 
 
 def is_user_error(e):
-  return isinstance(e, _ALWAYS) or (isinstance(e, _OURS) and raised_by_project(e))
+  return isinstance(e, USER_ERRORS)
 
 
 def one_line(e):
@@ -38,6 +33,12 @@ def one_line(e):
   return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
+def report(e, code=2):
+  """Prints `error: <one line>` and exits with `code`."""
+  print(f'error: {one_line(e)}', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
 @contextlib.contextmanager
 def user_errors():
   from enstransfer_jax.training.resume import Interrupted  # pylint: disable=g-import-not-at-top
@@ -47,8 +48,9 @@ def user_errors():
     print(f'interrupted at {e}; progress saved: run the same command again to resume',
           file=sys.stderr, flush=True)
     sys.exit(130)
-  except Exception as e:  # pylint: disable=broad-except
-    if not is_user_error(e):
-      raise
-    print(f'error: {one_line(e)}', file=sys.stderr, flush=True)
-    sys.exit(2)
+  except KeyboardInterrupt:  # a second Ctrl-C while the progress save was being written
+    print('interrupted; run the same command again to resume from the last complete progress '
+          'save', file=sys.stderr, flush=True)
+    sys.exit(130)
+  except USER_ERRORS as e:
+    report(e)

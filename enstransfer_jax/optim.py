@@ -44,6 +44,7 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
+from enstransfer_jax.errors import UserError
 
 OPTIMIZERS = ('sgd', 'adamw')
 ADAMW_BETAS = (0.9, 0.999)  # torch defaults, as in the reference's Swin configs
@@ -58,23 +59,23 @@ def _labels(trainable_mask, params):
     return jax.tree.map(lambda m, sub: jax.tree.map(lambda _: 'trainable' if m else 'frozen',
                                                     sub), trainable_mask, params)
   except (ValueError, TypeError) as err:
-    raise ValueError('trainable_mask must have the tree structure of params (or a '
-                     f'prefix of it) with bool leaves: {str(err).splitlines()[0]}') from None
+    raise UserError('trainable_mask must have the tree structure of params (or a '
+                    f'prefix of it) with bool leaves: {str(err).splitlines()[0]}') from None
 
 
 def _check(config):
   name = str(config.optimizer).lower()
   if name not in OPTIMIZERS:
-    raise ValueError(f'unknown optimizer {config.optimizer!r}; valid: '
-                     f'{", ".join(OPTIMIZERS)}')
+    raise UserError(f'unknown optimizer {config.optimizer!r}; valid: '
+                    f'{", ".join(OPTIMIZERS)}')
   wd = float(config.wd)
   if wd < 0:
-    raise ValueError(f'config.wd must be >= 0, got {wd}')
+    raise UserError(f'config.wd must be >= 0, got {wd}')
   if name == 'sgd':
     if not 0 <= float(config.momentum) < 1:
-      raise ValueError(f'config.momentum must be in [0, 1), got {config.momentum}')
+      raise UserError(f'config.momentum must be in [0, 1), got {config.momentum}')
     if bool(config.nesterov) and float(config.momentum) <= 0:
-      raise ValueError('config.nesterov=True needs config.momentum > 0 (as torch SGD)')
+      raise UserError('config.nesterov=True needs config.momentum > 0 (as torch SGD)')
   return name, wd
 
 

@@ -28,6 +28,7 @@ import os
 import sys
 
 import numpy as np
+from enstransfer_jax.errors import UserError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 SPLITS = ('test', 'valid', 'train')
@@ -37,7 +38,7 @@ def _ints(text, what):
   try:
     return tuple(int(c) for c in str(text).split(',') if c.strip())
   except ValueError:
-    raise ValueError(f'{what} {text!r}: give integers separated by commas, e.g. 5,6,7') from None
+    raise UserError(f'{what} {text!r}: give integers separated by commas, e.g. 5,6,7') from None
 
 
 def image_files(paths):
@@ -67,8 +68,8 @@ def read_images(files):
       with Image.open(f) as im:
         out.append(np.asarray(im.convert('RGB'), np.uint8))
     except (OSError, ValueError, SyntaxError) as e:
-      raise ValueError(f'cannot read image {f} ({type(e).__name__}: '
-                       f'{(str(e).splitlines() or [""])[0][:120]}); give PNG or JPEG files') from None
+      raise UserError(f'cannot read image {f} ({type(e).__name__}: '
+                      f'{(str(e).splitlines() or [""])[0][:120]}); give PNG or JPEG files') from None
   return out
 
 
@@ -76,7 +77,7 @@ def load_split(ens, name, split, class_subset, score_labels=True):
   """(images, labels in the ensemble's class order or None, names, notes) of a dataset split."""
   from enstransfer_jax.data import datasets  # pylint: disable=g-import-not-at-top
   if split not in SPLITS:
-    raise ValueError(f"--split {split!r} is unknown; use one of {', '.join(SPLITS)}")
+    raise UserError(f"--split {split!r} is unknown; use one of {', '.join(SPLITS)}")
   run = ens.config
   name = str(name).lower()
   same = name == str(run.dataset).lower()
@@ -99,7 +100,7 @@ def load_split(ens, name, split, class_subset, score_labels=True):
   ours = list(ens.class_labels)
   requested = list(class_subset) if class_subset else list(range(data.num_classes))
   if any(c not in ours for c in requested):
-    raise ValueError(
+    raise UserError(
         f"{name} classes {','.join(map(str, requested))} are not all among the ensemble's "
         f"{len(ours)} classes ({','.join(map(str, ours))}); pass --class-subset with some of "
         'those, or --no-labels to predict without scoring')
@@ -151,9 +152,9 @@ def metric_table(pred, labels, metric, members):
 def run(args):
   from enstransfer_jax.ensemble import Ensemble  # pylint: disable=g-import-not-at-top
   if args.top_k < 1 or args.show < 0:
-    raise ValueError('--top-k must be >= 1 and --show >= 0')
+    raise UserError('--top-k must be >= 1 and --show >= 0')
   if args.batch_size is not None and args.batch_size < 1:
-    raise ValueError(f'--batch-size must be >= 1, got {args.batch_size}')
+    raise UserError(f'--batch-size must be >= 1, got {args.batch_size}')
   members = _ints(args.members, '--members') if args.members else None
   ens = Ensemble.load(args.workdir, members, args.temperature)
   labels, notes = None, []

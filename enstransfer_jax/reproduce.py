@@ -38,6 +38,7 @@ import time
 from typing import Any, List, Optional
 
 import numpy as np
+from enstransfer_jax.errors import UserError
 
 REFERENCE = 'starsse'
 DIGITS_METHODS = ('single', 'local_de', 'sse', 'starsse', 'sse_rtd', 'sse_rtd_lite', 'sse_mse',
@@ -90,7 +91,7 @@ def parse_overrides(items):
   for item in items:
     key, sep, text = item.partition('=')
     if not sep or not key:
-      raise ValueError(f'--set {item!r} must be FIELD=VALUE, e.g. --set epochs=10')
+      raise UserError(f'--set {item!r} must be FIELD=VALUE, e.g. --set epochs=10')
     try:
       out[key] = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -104,10 +105,10 @@ def apply_overrides(config, overrides):
     node, path = config, key.split('.')
     for part in path[:-1]:
       if part not in node:
-        raise ValueError(f'--set {key}: the config has no field {part!r}')
+        raise UserError(f'--set {key}: the config has no field {part!r}')
       node = node[part]
     if path[-1] not in node:
-      raise ValueError(f'--set {key}: the config has no field {path[-1]!r} (see configs/base.py)')
+      raise UserError(f'--set {key}: the config has no field {path[-1]!r} (see configs/base.py)')
     node[path[-1]] = value
   return config
 
@@ -141,9 +142,9 @@ def cifar100_jobs(methods, ckpts, seeds_per_ckpt, out, data_dir='', overrides=No
   """The thesis's runs: seeds 1..n on ckpts[0], n+1..2n on ckpts[1]; Global DE on all ckpts."""
   _import_configs()
   if len(ckpts) < CIFAR_CHECKPOINTS:
-    raise ValueError(f'--task cifar100 needs at least {CIFAR_CHECKPOINTS} pre-trained '
-                     f'checkpoints in --ckpts (got {len(ckpts)}); convert them with '
-                     'convert_byol.py byol-1000ep-1.pt checkpoints/byol-1')
+    raise UserError(f'--task cifar100 needs at least {CIFAR_CHECKPOINTS} pre-trained '
+                    f'checkpoints in --ckpts (got {len(ckpts)}); convert them with '
+                    'convert_byol.py byol-1000ep-1.pt checkpoints/byol-1')
   missing = [p for p in ckpts if not os.path.exists(p)]
   if missing:
     raise FileNotFoundError(f'pre-trained checkpoint {missing[0]} does not exist; convert the '
@@ -226,8 +227,8 @@ def finished_summary(job):
   diff = _recorded_difference(wd.read_json(cfg),
                               json.loads(resolve(job.config).to_json_best_effort()))
   if diff:
-    raise ValueError(f'{job.workdir} holds a finished run of another config ({diff}); use '
-                     'another --out for a changed task')
+    raise UserError(f'{job.workdir} holds a finished run of another config ({diff}); use '
+                    'another --out for a changed task')
   return wd.read_json(path)
 
 

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from enstransfer_jax import optim
+from enstransfer_jax.errors import UserError
 
 SCHEDULERS = (
     'standard', 'cosine', 'continious+cosine', 'warmup_standard', 'warmup_cosine',
@@ -67,15 +68,15 @@ _MAX_MOMENTUM, _BASE_MOMENTUM = 0.9, 0.8
 
 def _field(config, name):
   if name not in config:
-    raise ValueError(f"config has no field '{name}' (scheduler "
-                     f"'{config.get('scheduler')}' needs it); start from configs/base.py")
+    raise UserError(f"config has no field '{name}' (scheduler "
+                    f"'{config.get('scheduler')}' needs it); start from configs/base.py")
   return config[name]
 
 
 def _check_int(value, what, minimum):
   if not isinstance(value, (int, float, np.integer)) or isinstance(value, bool) or (
       int(value) != value or value < minimum):
-    raise ValueError(f'{what} must be an integer >= {minimum}, got {value!r}')
+    raise UserError(f'{what} must be an integer >= {minimum}, got {value!r}')
   return int(value)
 
 
@@ -96,27 +97,27 @@ def _validate(config, steps_per_epoch):
   """Checks the config for `config.scheduler`; returns its name."""
   name = _field(config, 'scheduler')
   if name not in SCHEDULERS:
-    raise ValueError(f'unknown scheduler {name!r}; valid names: {", ".join(SCHEDULERS)}')
+    raise UserError(f'unknown scheduler {name!r}; valid names: {", ".join(SCHEDULERS)}')
   _check_int(steps_per_epoch, 'steps_per_epoch', 1)
   total_epochs(config)
   epochs = int(config.epochs)
   if name in _ENSEMBLE_ONLY and int(config.num_fge) < 2:
-    raise ValueError(f"scheduler '{name}' schedules ensemble cycles after the first "
-                     'model: set num_fge >= 2 and fge_epochs >= 1 (or use cosine)')
+    raise UserError(f"scheduler '{name}' schedules ensemble cycles after the first "
+                    'model: set num_fge >= 2 and fge_epochs >= 1 (or use cosine)')
   if name in _USES_WARMUP:
     # warmup_standard divides by warmup_epochs when torch builds it.
     warmup = _int_field(config, 'warmup_epochs', int(name == 'warmup_standard'))
     if warmup >= epochs:
-      raise ValueError(f"scheduler '{name}': warmup_epochs ({warmup}) must be smaller "
-                       f'than epochs ({epochs})')
+      raise UserError(f"scheduler '{name}': warmup_epochs ({warmup}) must be smaller "
+                      f'than epochs ({epochs})')
   if name in ('cosine+warmup_cosine', 'cosine+constant_cosine'):
     fge_warmup = _int_field(config, 'fge_warmup_epochs', 0)
     if fge_warmup >= int(config.fge_epochs):
-      raise ValueError(f"scheduler '{name}': fge_warmup_epochs ({fge_warmup}) must be "
-                       f'smaller than fge_epochs ({config.fge_epochs})')
+      raise UserError(f"scheduler '{name}': fge_warmup_epochs ({fge_warmup}) must be "
+                      f'smaller than fge_epochs ({config.fge_epochs})')
   if name in _CYCLIC and steps_per_epoch * int(config.fge_epochs) < 2:
-    raise ValueError(f"scheduler '{name}': CyclicLR needs steps_per_epoch * fge_epochs "
-                     '>= 2 batches per cycle')
+    raise UserError(f"scheduler '{name}': CyclicLR needs steps_per_epoch * fge_epochs "
+                    '>= 2 batches per cycle')
   return name
 
 
@@ -157,7 +158,7 @@ def _cyclic_factor(j, period):
 def _as_step(step):
   step = jnp.asarray(step)
   if not jnp.issubdtype(step.dtype, jnp.integer):
-    raise ValueError(f'step must be an integer (the global batch index), got {step.dtype}')
+    raise UserError(f'step must be an integer (the global batch index), got {step.dtype}')
   return step.astype(jnp.int32)
 
 
@@ -248,8 +249,8 @@ def create_momentum_fn(config, steps_per_epoch):
   if name not in _CYCLIC:
     opt_name = str(_field(config, 'optimizer')).lower()
     if opt_name not in optim.OPTIMIZERS:
-      raise ValueError(f'unknown optimizer {config.optimizer!r}; valid: '
-                       f'{", ".join(optim.OPTIMIZERS)}')
+      raise UserError(f'unknown optimizer {config.optimizer!r}; valid: '
+                      f'{", ".join(optim.OPTIMIZERS)}')
     value = float(config.momentum) if opt_name == 'sgd' else optim.ADAMW_BETAS[0]
     return lambda step: jnp.full(_as_step(step).shape, value, _real())
   start, period = int(config.epochs) * spe, int(config.fge_epochs) * spe

@@ -17,13 +17,14 @@ of their own.
 
 import jax
 import numpy as np
+from enstransfer_jax.errors import UserError
 
 _STREAMS = {'init': 1, 'head': 2, 'augment': 3, 'dropout': 4, 'crop': 5}
 
 
 def key(seed, stream, *indices):
   if stream not in _STREAMS:
-    raise ValueError(f'unknown random stream {stream!r}; one of {", ".join(_STREAMS)}')
+    raise UserError(f'unknown random stream {stream!r}; one of {", ".join(_STREAMS)}')
   k = jax.random.fold_in(jax.random.PRNGKey(int(seed)), _STREAMS[stream])
   for i in indices:
     k = jax.random.fold_in(k, int(i))
@@ -33,5 +34,5 @@ def key(seed, stream, *indices):
 def numpy_rng(seed, stream, *indices):
   """A numpy Generator of the same stream (host-side draws)."""
   if stream not in _STREAMS:
-    raise ValueError(f'unknown random stream {stream!r}; one of {", ".join(_STREAMS)}')
+    raise UserError(f'unknown random stream {stream!r}; one of {", ".join(_STREAMS)}')
   return np.random.default_rng([int(seed), _STREAMS[stream], *map(int, indices)])

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from enstransfer_jax.models import swin
+from enstransfer_jax.errors import UserError
 
 FORMAT = 'enstransfer_jax.swin/1'
 _BUFFERS = ('relative_position_index', 'relative_coords_table', 'attn_mask')
@@ -69,9 +70,9 @@ def infer_arch(state_dict: Mapping[str, Any]) -> str:
   for name, spec in swin.ARCHS.items():
     if (tuple(depths), tuple(heads), patch) == (spec.depths, spec.num_heads, spec.patch_size):
       return name
-  raise ValueError(f'no registered Swin has depths {tuple(depths)}, heads {tuple(heads)} '
-                   f'and patch size {patch} (registered: {", ".join(swin.ARCHS)}); pass '
-                   '--arch to see which keys differ')
+  raise UserError(f'no registered Swin has depths {tuple(depths)}, heads {tuple(heads)} '
+                  f'and patch size {patch} (registered: {", ".join(swin.ARCHS)}); pass '
+                  '--arch to see which keys differ')
 
 
 def _torch_order(key: str):
@@ -119,8 +120,8 @@ def spec_of(params, image_size: Optional[int] = None) -> Tuple[str, swin.SwinSpe
                            spec.mlp_ratio)
       _check_tables(params, spec)
       return name, spec
-  raise ValueError(f'no registered Swin has depths {tuple(depths)}, heads {tuple(heads)} '
-                   f'and patch size {kernel.shape[0]}; registered: {", ".join(swin.ARCHS)}')
+  raise UserError(f'no registered Swin has depths {tuple(depths)}, heads {tuple(heads)} '
+                  f'and patch size {kernel.shape[0]}; registered: {", ".join(swin.ARCHS)}')
 
 
 def _check_tables(params, spec):
@@ -128,9 +129,9 @@ def _check_tables(params, spec):
     _, window, _ = swin.stage_geometry(spec, i)
     got = params[f'layers.{i}']['blocks.0']['attn']['relative_position_bias_table'].shape[0]
     if got != (2 * window - 1)**2:
-      raise ValueError(f'layers.{i} has a {got}-row relative-position table but a '
-                       f'{spec.image_size} px model needs {(2 * window - 1)**2} (window '
-                       f'{window}); give the image size the model was trained at')
+      raise UserError(f'layers.{i} has a {got}-row relative-position table but a '
+                      f'{spec.image_size} px model needs {(2 * window - 1)**2} (window '
+                      f'{window}); give the image size the model was trained at')
 
 
 def describe(variables, image_size: Optional[int] = None) -> Dict[str, Any]:
@@ -246,8 +247,8 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str = 'SwinTiny',
   sd = {k: numpy_fn(v) for k, v in sd.items()
         if k.split('.')[-1] not in _BUFFERS and k not in _SIMMIM_ONLY}
   if 'absolute_pos_embed' in sd:
-    raise ValueError('the checkpoint has absolute_pos_embed (ape=True); only Swin without '
-                     'absolute position embeddings (the reference asserts ape=False) loads')
+    raise UserError('the checkpoint has absolute_pos_embed (ape=True); only Swin without '
+                    'absolute position embeddings (the reference asserts ape=False) loads')
   width = int(sd['patch_embed.proj.weight'].shape[0]) if 'patch_embed.proj.weight' in sd \
       else None
   ckpt_classes = int(sd['head.bias'].shape[0]) if 'head.bias' in sd else None
@@ -261,8 +262,8 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str = 'SwinTiny',
   unexpected = [k for k in sd if k not in table]
   if missing or unexpected:
     dim = f' (embed dim {width})' if width else ''
-    raise ValueError(f'state dict is not a Microsoft-layout {arch}{dim}: missing '
-                     f'{_first(missing)}, unexpected {_first(unexpected)}')
+    raise UserError(f'state dict is not a Microsoft-layout {arch}{dim}: missing '
+                    f'{_first(missing)}, unexpected {_first(unexpected)}')
   flat, resized = {}, []
   for key, path in table.items():
     if key not in sd:
@@ -271,14 +272,14 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str = 'SwinTiny',
     expected = _to_torch_layout(np.empty(_shape_at(shapes['params'], path), np.uint8), path).shape
     if path[-1] == 'relative_position_bias_table' and value.shape != expected:
       if value.ndim != 2 or value.shape[1] != expected[1]:
-        raise ValueError(f'{key!r} has shape {tuple(value.shape)}; the model needs '
-                         f'{expected} (the number of heads must match)')
+        raise UserError(f'{key!r} has shape {tuple(value.shape)}; the model needs '
+                        f'{expected} (the number of heads must match)')
       resize = geometric_resize_table if simmim else bicubic_resize_table
       value = resize(value, expected[0])
       resized.append(key)
     if value.shape != expected:
-      raise ValueError(f'shape mismatch for {key!r}: expected {expected}, got '
-                       f'{tuple(value.shape)}')
+      raise UserError(f'shape mismatch for {key!r}: expected {expected}, got '
+                      f'{tuple(value.shape)}')
     flat[path] = np.array(_to_flax_layout(value, path), np.float32, order='C')
   variables = {'params': traverse_util.unflatten_dict(flat), 'batch_stats': {}}
   target = num_classes if num_classes is not None else (ckpt_classes or 1000)

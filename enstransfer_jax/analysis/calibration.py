@@ -25,6 +25,7 @@ import numpy as np
 from scipy import optimize
 
 from enstransfer_jax import metrics
+from enstransfer_jax.errors import UserError
 
 N_BINS = 15
 T_BOUNDS = (0.05, 20.0)
@@ -55,7 +56,7 @@ def temper(probs, temperature):
   """softmax(log(probs) / T) row by row (float64)."""
   t = float(temperature)
   if not t > 0:
-    raise ValueError(f'temperature must be > 0, got {temperature}')
+    raise UserError(f'temperature must be > 0, got {temperature}')
   z = _log(probs) / t
   z -= z.max(-1, keepdims=True)
   e = np.exp(z)
@@ -74,7 +75,7 @@ def fit_temperature(probs, labels, bounds=T_BOUNDS):
   """argmin_T NLL(temper(probs, T), labels) over T in `bounds`."""
   labels = np.asarray(labels)
   if len(labels) == 0:
-    raise ValueError('fitting a temperature needs at least one labelled example')
+    raise UserError('fitting a temperature needs at least one labelled example')
   res = optimize.minimize_scalar(lambda log_t: tempered_nll(probs, labels, np.exp(log_t)),
                                  bounds=(np.log(bounds[0]), np.log(bounds[1])),
                                  method='bounded', options={'xatol': 1e-5})

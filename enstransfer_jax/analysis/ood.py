@@ -15,6 +15,7 @@ computed with scikit-learn; 0.5 AUROC is chance, 1.0 perfect separation.
 """
 
 import numpy as np
+from enstransfer_jax.errors import UserError
 
 SCORES = ('entropy', 'mutual_information', 'expected_entropy', 'member1_entropy')
 _EPS = 1e-12
@@ -53,8 +54,8 @@ def aupr(in_scores, out_scores):
 def _stack(in_scores, out_scores):
   in_scores, out_scores = np.ravel(in_scores), np.ravel(out_scores)
   if not len(in_scores) or not len(out_scores):
-    raise ValueError(f'OOD detection needs both in- and out-of-distribution examples, got '
-                     f'{len(in_scores)} and {len(out_scores)}')
+    raise UserError(f'OOD detection needs both in- and out-of-distribution examples, got '
+                    f'{len(in_scores)} and {len(out_scores)}')
   y = np.concatenate([np.zeros(len(in_scores)), np.ones(len(out_scores))])
   return y, np.concatenate([in_scores, out_scores])
 
@@ -64,12 +65,12 @@ def parse_spec(spec):
   name, _, classes = str(spec).partition(':')
   name = name.strip().lower()
   if not name:
-    raise ValueError(f'--ood {spec!r}: give DATASET or DATASET:CLASSES, e.g. digits:0,1,2,3,4')
+    raise UserError(f'--ood {spec!r}: give DATASET or DATASET:CLASSES, e.g. digits:0,1,2,3,4')
   try:
     subset = tuple(int(c) for c in classes.split(',') if c.strip()) if classes else ()
   except ValueError:
-    raise ValueError(f'--ood {spec!r}: classes must be integers separated by commas, e.g. '
-                     'digits:0,1,2,3,4') from None
+    raise UserError(f'--ood {spec!r}: classes must be integers separated by commas, e.g. '
+                    'digits:0,1,2,3,4') from None
   return name, subset
 
 

@@ -38,6 +38,7 @@ from enstransfer_jax.analysis import basin, outputs, similarity, soup, weights
 from enstransfer_jax.analysis import calibration, evaluate, ood
 from enstransfer_jax.analysis.evaluate import Evaluator
 from enstransfer_jax.data import batches, datasets
+from enstransfer_jax.errors import UserError
 
 LAYERS = ('layer1', 'layer2', 'layer3', 'layer4', 'pooled')
 SWIN_LAYERS = ('layers.0', 'layers.1', 'layers.2', 'layers.3', 'pooled')
@@ -69,14 +70,14 @@ class Options:
   def check(self):
     for name in ('subset', 'line_points'):
       if getattr(self, name) < 2:
-        raise ValueError(f'{name} must be >= 2, got {getattr(self, name)}')
+        raise UserError(f'{name} must be >= 2, got {getattr(self, name)}')
     if self.rtd_trials < 1:
-      raise ValueError(f'rtd_trials must be >= 1, got {self.rtd_trials}')
+      raise UserError(f'rtd_trials must be >= 1, got {self.rtd_trials}')
     for name in ('rtd_points', 'rtd_batch', 'grid', 'bn_examples', 'eval_examples'):
       if getattr(self, name) < 0:
-        raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
+        raise UserError(f'{name} must be >= 0, got {getattr(self, name)}')
     if self.grid == 1:
-      raise ValueError('grid must be 0 (no plane) or >= 2')
+      raise UserError('grid must be 0 (no plane) or >= 2')
 
 
 def read_json(path):
@@ -106,13 +107,13 @@ def load_run(workdir):
   ids = sorted(int(d) for d in (os.listdir(mdir) if os.path.isdir(mdir) else [])
                if d.isdigit() and os.path.isfile(os.path.join(mdir, d, 'test_probs.npy')))
   if not ids:
-    raise ValueError(f'{workdir} holds no finished member (members/<i>/test_probs.npy); '
-                     'train it first')
+    raise UserError(f'{workdir} holds no finished member (members/<i>/test_probs.npy); '
+                    'train it first')
   probs = [np.load(os.path.join(mdir, str(i), 'test_probs.npy')) for i in ids]
   for i, p in zip(ids, probs):
     if p.shape[0] != len(labels):
-      raise ValueError(f'member {i} has probabilities of {p.shape[0]} examples but '
-                       f'test_labels.npy has {len(labels)}; the work dir is inconsistent')
+      raise UserError(f'member {i} has probabilities of {p.shape[0]} examples but '
+                      f'test_labels.npy has {len(labels)}; the work dir is inconsistent')
   return config, info, labels, ids, probs
 
 
@@ -335,8 +336,8 @@ def analyze_run(workdir, out, opts):
   res['batchnorm'] = has_batchnorm(member_vars[0])
   data = datasets.load_dataset(config)
   if not np.array_equal(data.test_labels, labels):
-    raise ValueError(f'the test split loaded from config.json differs from {workdir}/'
-                     'test_labels.npy; the dataset changed since training')
+    raise UserError(f'the test split loaded from config.json differs from {workdir}/'
+                    'test_labels.npy; the dataset changed since training')
   ev = Evaluator(model, transform=config.transform_name, image_size=config.image_size,
                  interpolation=config.get('interpolation', 'bilinear'),
                  batch_size=config.get('eval_batch_size', 500), progress=opts.progress)

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from enstransfer_jax.analysis import calibration, ood, thesis
+from enstransfer_jax.errors import UserError
 
 
 def _plain(v):
@@ -94,8 +95,8 @@ def comparison(summaries):
     missing = [k for k in ('name', 'members', 'ensembles', 'mean_member_acc', 'diversity')
                if k not in s]
     if missing:
-      raise ValueError(f"summary of {s.get('workdir', '?')} lacks {missing[0]!r}; is it a "
-                       'finished run (summary.json written by run_experiment)?')
+      raise UserError(f"summary of {s.get('workdir', '?')} lacks {missing[0]!r}; is it a "
+                      'finished run (summary.json written by run_experiment)?')
     groups.setdefault(s['name'], []).append(s)
   rows = []
   for name, runs in groups.items():

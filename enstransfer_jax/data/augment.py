@@ -34,6 +34,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from enstransfer_jax.errors import UserError
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -64,14 +65,14 @@ def _real():
 
 def _check_args(transform, interpolation, train=False):
   if transform not in TRANSFORMS and not (train and transform == HOST_CROP):
-    raise ValueError(f'unknown transform {transform!r}; use one of {TRANSFORMS}')
+    raise UserError(f'unknown transform {transform!r}; use one of {TRANSFORMS}')
   if interpolation not in _FILTERS:
-    raise ValueError(f'unknown interpolation {interpolation!r}; use one of {tuple(_FILTERS)}')
+    raise UserError(f'unknown interpolation {interpolation!r}; use one of {tuple(_FILTERS)}')
 
 
 def _check_images(images):
   if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != jnp.uint8:
-    raise ValueError(f'images must be uint8 [B, H, W, 3], got {images.dtype} {images.shape}')
+    raise UserError(f'images must be uint8 [B, H, W, 3], got {images.dtype} {images.shape}')
 
 
 def resize_weights(out_size, in_size, start, length, interpolation='bilinear'):
@@ -157,8 +158,8 @@ def sample_train_params(rng, batch, height, width, *, transform, image_size):
     return {'flip': jax.random.bernoulli(jax.random.split(rng)[1], 0.5, (batch,))}
   pad = 2 * CIFAR_PADDING
   if transform == 'cifar' and image_size > min(height, width) + pad:
-    raise ValueError(f'transform cifar: image_size {image_size} exceeds the padded '
-                     f'{height}x{width} images; set config.image_size to the image size')
+    raise UserError(f'transform cifar: image_size {image_size} exceeds the padded '
+                    f'{height}x{width} images; set config.image_size to the image size')
   k_box, k_flip = jax.random.split(rng)
   if transform == 'imagenet':
     box = sample_crop_boxes(k_box, batch, height, width)
@@ -181,7 +182,7 @@ def apply_train_params(images, params, *, transform, image_size, interpolation='
     return normalize(_resize_full(x, image_size, interpolation))
   if transform == HOST_CROP:
     if (height, width) != (image_size, image_size):
-      raise ValueError(f'host crops must be {image_size}x{image_size}, got {height}x{width}')
+      raise UserError(f'host crops must be {image_size}x{image_size}, got {height}x{width}')
     flip = params['flip'][:, None, None, None]
     return normalize(jnp.where(flip, x[:, :, ::-1], x))
   if transform == 'imagenet':

@@ -15,11 +15,12 @@ split over the devices like any other instead of being computed whole on every d
 """
 
 import numpy as np
+from enstransfer_jax.errors import UserError
 
 
 def _check_int(name, value, minimum):
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
+    raise UserError(f'{name} must be an integer >= {minimum}, got {value!r}')
 
 
 def epoch_order(seed, member, epoch, num_examples):
@@ -39,8 +40,8 @@ def batch_slices(num_examples, batch_size, drop_last=False):
   if not drop_last:
     return [(s, min(s + batch_size, num_examples)) for s in range(0, num_examples, batch_size)]
   if batch_size > num_examples:
-    raise ValueError(f'drop_last=True with batch_size={batch_size} > {num_examples} training '
-                     'examples leaves no full batch; lower batch_size or set drop_last=False')
+    raise UserError(f'drop_last=True with batch_size={batch_size} > {num_examples} training '
+                    'examples leaves no full batch; lower batch_size or set drop_last=False')
   return [(s, s + batch_size) for s in range(0, num_examples - batch_size + 1, batch_size)]
 
 
@@ -83,7 +84,7 @@ def device_layout(batch_size, micro_batches=1, multiple=1):
   _check_int('micro_batches', micro_batches, 1)
   _check_int('multiple', multiple, 1)
   if batch_size % micro_batches:
-    raise ValueError(f'micro_batches={micro_batches} must divide batch_size={batch_size}')
+    raise UserError(f'micro_batches={micro_batches} must divide batch_size={batch_size}')
   size = batch_size // micro_batches
   padded = -(-size // multiple) * multiple
   pos = np.concatenate([i * size + np.concatenate([np.arange(size),

@@ -37,6 +37,7 @@ from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
 from enstransfer_jax.data import host_pipeline
+from enstransfer_jax.errors import UserError
 
 SPLIT_RANDOM_STATE = 42
 DIGITS_SIZE = 32
@@ -109,7 +110,7 @@ def stratified_split(labels, num_second, seed=SPLIT_RANDOM_STATE):
   counts = counts[counts > 0]
   if len(labels) < 2 or counts.min() < 2 or not len(counts) <= num_second <= len(labels) - len(
       counts):
-    raise ValueError(
+    raise UserError(
         f'cannot split {len(labels)} examples of {len(counts)} classes (smallest class '
         f'{counts.min() if len(counts) else 0}) into a stratified part of {num_second}; '
         'use more examples per class or config.use_test=True')
@@ -131,8 +132,8 @@ def split_per_class(labels, first_per_class, seed=SPLIT_RANDOM_STATE, names=None
     if names is not None:
       ind = ind[np.argsort(np.asarray(names)[ind], kind='stable')]
     if len(ind) <= first_per_class:
-      raise ValueError(f'class {label} has {len(ind)} examples; splitting {first_per_class} '
-                       'of each class off needs more; use config.use_test=True')
+      raise UserError(f'class {label} has {len(ind)} examples; splitting {first_per_class} '
+                      'of each class off needs more; use config.use_test=True')
     a, b = model_selection.train_test_split(ind, train_size=first_per_class,
                                             random_state=seed)
     first.append(a)
@@ -240,7 +241,7 @@ def _read_split(builder, split, load_size, keep_encoded=False, name_key=''):
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
   chunks = list(tfds.as_numpy(ds))
   if not chunks:
-    raise ValueError(f"TFDS split '{split}' of '{builder.name}' is empty")
+    raise UserError(f"TFDS split '{split}' of '{builder.name}' is empty")
   out = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   if keep_encoded:
     out['encoded'] = host_pipeline.EncodedImages(
@@ -288,7 +289,7 @@ def _select(split, keep, remap):
 def _apply_class_subset(train, test, subset, num_classes):
   subset = tuple(int(c) for c in subset)
   if len(set(subset)) != len(subset) or not all(0 <= c < num_classes for c in subset):
-    raise ValueError(f'class_subset {subset} must hold distinct labels in 0..{num_classes - 1}')
+    raise UserError(f'class_subset {subset} must hold distinct labels in 0..{num_classes - 1}')
   remap = np.full(num_classes, -1, np.int32)
   remap[list(subset)] = np.arange(len(subset))
   return _select(train, subset, remap), _select(test, subset, remap), len(subset)
@@ -304,9 +305,9 @@ def load_dataset(config, *, load_size=LOAD_SIZE):
     train, test, num_classes = _load_tfds(name, config.data_dir, config.use_test, load_size,
                                           keep_encoded)
   elif name in MISSING_FROM_TFDS:
-    raise ValueError(f"dataset '{name}' is not in TFDS; use one of {', '.join(DATASETS)}")
+    raise UserError(f"dataset '{name}' is not in TFDS; use one of {', '.join(DATASETS)}")
   else:
-    raise ValueError(f"unknown dataset '{config.dataset}'; use one of {', '.join(DATASETS)}")
+    raise UserError(f"unknown dataset '{config.dataset}'; use one of {', '.join(DATASETS)}")
   if config.class_subset:
     train, test, num_classes = _apply_class_subset(train, test, config.class_subset, num_classes)
   images = lambda split: np.ascontiguousarray(split['images'], np.uint8)

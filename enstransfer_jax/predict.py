@@ -7,7 +7,8 @@
            [--batch-size B] [--show 20] [--no-labels]
 
 --images: PNG / JPEG (anything Pillow reads) files, or folders of them (their image files,
-sorted by name, not recursive); converted to RGB and evaluated as Ensemble.predict does (the
+sorted by name, not recursive); converted to RGB by bit depth (16-bit grey scaled to 8 bits,
+not clipped) and evaluated as Ensemble.predict does (the
 run's eval transform resizes any size). --dataset: a split of a dataset the project loads
 (enstransfer_jax/data/datasets.py): 'test' (the official test split), 'valid' (the validation
 split carved from train, as use_test=False) or 'train' (the run's training split). The class
@@ -59,14 +60,32 @@ def image_files(paths):
   return files
 
 
+def decode(im):
+  """[H, W, 3] uint8 RGB of a Pillow image, by bit depth: 16-bit grey (PNG 'I;16', or 'I'
+  holding 0..65535) is scaled as round(v / 257), the 8-bit value of the same brightness;
+  Pillow's convert('RGB') would clip it at 255."""
+  if im.mode.startswith('I;16') or im.mode == 'I':
+    v = np.asarray(im).astype(np.int64)
+    if v.size and (v.min() < 0 or v.max() > 65535):
+      raise UserError(f'{im.mode} image with values {v.min()}..{v.max()}: only 8- and 16-bit '
+                      'images are read; save it as an 8-bit PNG or JPEG')
+    grey = np.round(v / 257.0).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if im.mode == 'F':
+    raise UserError('floating-point (mode F) image: save it as an 8-bit PNG or JPEG')
+  return np.asarray(im.convert('RGB'), np.uint8)
+
+
 def read_images(files):
-  """[H, W, 3] uint8 arrays (RGB) of the files, via Pillow."""
+  """[H, W, 3] uint8 arrays (RGB) of the files, via Pillow (see decode)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   out = []
   for f in files:
     try:
       with Image.open(f) as im:
-        out.append(np.asarray(im.convert('RGB'), np.uint8))
+        out.append(decode(im))
+    except UserError as e:
+      raise UserError(f'image {f}: {e}') from None
     except (OSError, ValueError, SyntaxError) as e:
       raise UserError(f'cannot read image {f} ({type(e).__name__}: '
                       f'{(str(e).splitlines() or [""])[0][:120]}); give PNG or JPEG files') from None

@@ -197,7 +197,8 @@ def apply_train_params(images, params, *, transform, image_size, interpolation='
   padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))  # zero = black, padded before normalising
 
   def crop(image, box, flip):
-    out = jax.lax.dynamic_slice(image, (box[0], box[1], 0), (image_size, image_size, 3))
+    zero = jnp.zeros((), box.dtype)  # int64 boxes under JAX_ENABLE_X64
+    out = jax.lax.dynamic_slice(image, (box[0], box[1], zero), (image_size, image_size, 3))
     return jnp.where(flip, out[:, ::-1], out)
 
   return normalize(jax.vmap(crop)(padded, params['box'], params['flip']))

@@ -50,10 +50,12 @@ The filtrations of one host call (K members x T terms) run concurrently in a pro
 giotto-ph holds the GIL for a whole ripser call, so threads would not overlap. Each worker
 runs the same single-threaded giotto-ph call on the same float64 matrix, so the pairs are
 bit-identical to the serial path; the callback thread only waits on the futures.
-set_workers(n) picks the pool size: 0 runs serially in the calling thread, None (default)
-uses as many workers as filtrations, capped by the cores. The pool starts on first use
-(a few seconds, once: each worker imports giotto-ph and the main module, so a script that
-trains must guard its entry point with `if __name__ == '__main__':`); afterwards each
+set_workers(n) picks the pool size: 0 (the library's default, also None) runs serially in the
+calling thread, so a plain script or a notebook cell can call rtd_loss; a negative n (the
+engine's default, config.rtd_workers=-1) uses as many workers as filtrations, capped by the
+cores. The pool starts on first use (a few seconds, once: each worker imports giotto-ph and
+the main module, so a script that sets it must guard its entry point with
+`if __name__ == '__main__':`, as main.py does); afterwards each
 filtration costs a pickle of its 2n x 2n float64 matrix (2 MB at n = 256) to the worker.
 """
 
@@ -133,21 +135,21 @@ def persistence_pairs(dm, *, dim=1, card=50):
   return _top_pairs(dm, rc['gens'][1], dim, card)
 
 
-_WORKERS = None  # see set_workers
+_WORKERS = 0  # see set_workers: serial unless the engine (or the caller) asks for the pool
 _POOL = None  # (executor, size), created on first use
 
 
 def set_workers(n):
-  """Process-pool size for the filtrations of one host call: 0 = serial, None = default.
+  """Process-pool size for the filtrations of one host call: 0 or None = serial (default).
 
-  The default (None, or any negative n) runs as many filtrations at once as there are, up to
-  the number of cores this process may use.
+  A negative n runs as many filtrations at once as there are, up to the number of cores this
+  process may use; a positive n at most n.
   """
   global _WORKERS, _POOL
   if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer))):
     raise ValueError(f'rtd_workers must be an integer (0 = serial, -1 = one per filtration '
                      f'up to the cores), got {n!r}.')
-  n = None if n is None or n < 0 else int(n)
+  n = 0 if n is None else -1 if n < 0 else int(n)
   if n != _WORKERS and _POOL is not None:
     _POOL[0].shutdown(wait=False, cancel_futures=True)
     _POOL = None
@@ -161,7 +163,7 @@ def _cores():
 def _executor():
   """The pool, or None for the serial path."""
   global _POOL
-  size = _cores() if _WORKERS is None else _WORKERS
+  size = _cores() if _WORKERS < 0 else _WORKERS
   if size == 0:
     return None
   if _POOL is None:

@@ -8,6 +8,8 @@ Features X [n, d1] and Y [n, d2] (feature maps are flattened per example):
       both are HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with linear kernels; the example-space
       form is used when n < d, so a [n, n] Gram matrix per model and map is all that is kept.
   MSE     mean over examples and features of (X - Y)^2 (the thesis's MSELoss; needs d1 = d2).
+  Wasserstein  W1 between the empirical distributions of the n rows of X and of Y, Euclidean
+          cost, exact by assignment (analysis/wasserstein.py; needs d1 = d2).
   RTD     the thesis's symmetric Representation Topology Divergence
           (enstransfer_jax.losses.rtd_loss) of the first `points` examples, with `card` large
           enough to keep every H1 pair.
@@ -24,7 +26,7 @@ persistent homology is the costly part (seconds per pair at 128 points, minutes 
 
 import numpy as np
 
-from enstransfer_jax.analysis import rtd_metric
+from enstransfer_jax.analysis import rtd_metric, wasserstein
 
 RTD_POINTS = 128  # examples used for RTD (its filtration has 2 * points vertices)
 _CHUNK = 1 << 16  # feature columns converted to float64 at a time (layer1 of ResNet-50: 800k)
@@ -119,8 +121,8 @@ def rtd_lite(x, y, *, gram_x=None, gram_y=None):
 
 def compare(x, y, *, gram_x=None, gram_y=None, rtd_points=RTD_POINTS, with_rtd=True,
             rtd_trials=10, rtd_batch=500):
-  """{'cka', 'mse', 'rtd', 'rtd_lite', 'rtd_metric'} of one pair of maps (rtd_batch=0: no RTD
-  metric); pass cached centred Grams to skip recomputing."""
+  """{'cka', 'mse', 'wasserstein', 'rtd', 'rtd_lite', 'rtd_metric'} of one pair of maps
+  (rtd_batch=0: no RTD metric); pass cached centred Grams to skip recomputing."""
   x, y = _flat(x, 'x'), _flat(y, 'y')
   _check_pair(x, y)
   gx = centered_gram(x) if gram_x is None else gram_x
@@ -128,6 +130,8 @@ def compare(x, y, *, gram_x=None, gram_y=None, rtd_points=RTD_POINTS, with_rtd=T
   return {
       'cka': cka_from_grams(gx, gy),
       'mse': feature_mse(x, y) if x.shape == y.shape else float('nan'),
+      'wasserstein': (wasserstein.wasserstein(x, y) if x.shape == y.shape
+                      else float('nan')),
       'rtd': rtd(x, y, points=rtd_points) if with_rtd else float('nan'),
       'rtd_lite': rtd_lite(x, y, gram_x=gx, gram_y=gy),
       'rtd_metric': rtd_metric.rtd_score_from_distances(

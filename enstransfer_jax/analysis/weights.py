@@ -9,6 +9,10 @@ included, running statistics not):
 The update of member i is u_i = w_i - w0_i (w0_i its pre-trained model); the cosine
 similarity of updates <u_i, u_j> / (|u_i| |u_j|) is taken over the parameters that are
 comparable (the backbone, plus the head when the pre-trained head has the members' shape).
+The thesis's weight cosine (its Section 6, Figures 6.2 / 6.4) is another quantity: the cosine
+of the raw weight vectors, w_i . w_j / (|w_i| |w_j|), over every parameter of the members
+(weight_cosines); member-to-member distances per stage (Figure 4.3) are stage_distances
+with member 1 in place of the pre-trained model.
 """
 
 import math
@@ -92,3 +96,16 @@ def update_cosines(member_params, pre_params_list):
     raise ValueError('no parameters of the members are comparable with the pre-trained model')
   updates = [update_vector(p, p0, modules) for p, p0 in zip(member_params, pre_params_list)]
   return cosine_matrix(updates), modules
+
+
+def weight_cosines(member_params):
+  """(cosine matrix of the members' raw weight vectors w_i, the modules it is taken over):
+  every parameter of every stage (BN scale and bias, not its statistics)."""
+  first = member_params[0]
+  order = [m for mods in stages(first).values() for m in mods if m in first]
+  modules = order + sorted(m for m in first if m not in order)
+  for p in member_params[1:]:
+    if not same_shapes(p, member_params[0]):
+      raise ValueError('members of different architectures: their raw weights are not '
+                       'comparable')
+  return cosine_matrix([stage_vector(p, modules) for p in member_params]), modules

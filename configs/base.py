@@ -18,6 +18,7 @@ def get_config():
   c.work_dir = './experiments/'  # runs go to <work_dir>/<dataset>/<wandb_group>/<model>_seed=<seed>/
   c.ckpt = './checkpoints/byol-1000ep-1.pt'  # convert_byol.py output dir or torch .pt; '' = scratch
   c.ckpts = ()  # Global DE: one pre-trained checkpoint per member
+  c.new_head = False  # a fresh head on the checkpoint also when its head has num_classes outputs
   c.overwrite = False  # start afresh in a work dir that holds a run
   c.save_all_models = False
 
@@ -38,6 +39,7 @@ def get_config():
   c.eval_batch_size = 500
   c.data_workers = 0  # host threads cutting train crops (variable-size datasets, imagenet); 0 = all cores
   c.dtype = 'float32'  # float32 | bfloat16 (compute dtype; params stay float32)
+  c.remat = False  # ResNet: recompute each residual block in backward (less memory, same result)
 
   # Training.
   c.epochs = 25
@@ -100,6 +102,7 @@ def get_config():
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.enabled = False
   c.pretrain.class_subset = ()
+  c.pretrain.dataset = ''  # pre-train on this dataset; '' = the fine-tuning dataset
   c.pretrain.epochs = 0
   c.pretrain.lr = 0.1
 

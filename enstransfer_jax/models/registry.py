@@ -36,14 +36,19 @@ def is_swin(name: str) -> bool:
 
 
 def create_model(name: str, num_classes: int, *, width: Optional[int] = None,
-                 dtype: Any = jnp.float32, image_size: Optional[int] = None):
-  """ResNet18|34|50 (or ImageNetResNet18|34|50) or SwinTiny|SwinNano as a Flax module."""
+                 dtype: Any = jnp.float32, image_size: Optional[int] = None,
+                 remat: bool = False):
+  """ResNet18|34|50 (or ImageNetResNet18|34|50) or SwinTiny|SwinNano as a Flax module.
+  remat: recompute each ResNet residual block in the backward pass (resnet.REMAT_POLICY)."""
   arch = canonical_name(name)
   if arch in swin.ARCHS:
+    if remat:
+      raise ValueError(f'remat=True is implemented for the ResNets only, not {arch}; '
+                       'set remat=False')
     return swin.create_model(arch, num_classes, width=width, dtype=dtype,
                              image_size=image_size)
   return resnet.create_model(arch, num_classes, width=64 if width is None else width,
-                             dtype=dtype)
+                             dtype=dtype, remat=remat)
 
 
 def init_variables(model, rng, image_size: int = 32):

@@ -129,6 +129,15 @@ class Bottleneck(nn.Module):
     return nn.relu(out + x)
 
 
+# Rematerialisation (ResNet(remat=True), config.remat): each residual block is wrapped in
+# nn.remat with this policy. nothing_saveable: the backward pass keeps only each block's input
+# (and the BatchNorm batch statistics it returns) and recomputes the block's convolutions,
+# BatchNorms and ReLUs from it, so activation memory is about one block's worth plus one
+# tensor per block instead of every intermediate. Same operations in the same order: the
+# loss, gradients and running statistics are those of remat=False.
+REMAT_POLICY = jax.checkpoint_policies.nothing_saveable
+
+
 class ResLayer(nn.Module):
   """One stage: blocks named '0', '1', ... (torch's nn.Sequential indices)."""
   block: str
@@ -136,10 +145,13 @@ class ResLayer(nn.Module):
   num_blocks: int
   stride: int
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, frozen, mask=None):
     block_cls = BasicBlock if self.block == 'basic' else Bottleneck
+    if self.remat:  # argument 2 (`frozen`, counting self) is a Python bool
+      block_cls = nn.remat(block_cls, policy=REMAT_POLICY, static_argnums=(2,))
     for i in range(self.num_blocks):
       stride = self.stride if i == 0 else 1
       x = block_cls(self.planes, stride, self.dtype, name=str(i))(x, frozen, mask)
@@ -154,6 +166,7 @@ class ResNet(nn.Module):
   width: int = 64
   dtype: Any = jnp.float32  # compute dtype; params and batch stats stay float32 (float64 if it is)
   arch: str = ''  # canonical name, for checkpoints and logs
+  remat: bool = False  # recompute each residual block in the backward pass (REMAT_POLICY)
 
   @nn.compact
   def __call__(self, x, train: bool = False,
@@ -184,7 +197,7 @@ class ResNet(nn.Module):
     for i, size in enumerate(self.stage_sizes):
       name = f'layer{i + 1}'
       layer = ResLayer(self.block, self.width * 2**i, size, 1 if i == 0 else 2,
-                       self.dtype, name=name)
+                       self.dtype, self.remat, name=name)
       x = cut(name, layer(x, frozen(name), mask))
       features.append(x.astype(wide_dtype(self.dtype)))
     pooled = jnp.mean(x.astype(wide_dtype(self.dtype)), axis=(1, 2))
@@ -218,8 +231,9 @@ def _check_call(x, stop_gradient_after, frozen_bn):
 
 
 def create_model(name: str, num_classes: int, *, width: int = 64,
-                 dtype: Any = jnp.float32) -> ResNet:
-  """ResNet18|34|50 (or the reference's ImageNetResNet18|34|50) as a Flax module."""
+                 dtype: Any = jnp.float32, remat: bool = False) -> ResNet:
+  """ResNet18|34|50 (or the reference's ImageNetResNet18|34|50) as a Flax module; remat:
+  rematerialise each residual block (REMAT_POLICY), same results in less memory."""
   arch = canonical_name(name)
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
@@ -228,7 +242,7 @@ def create_model(name: str, num_classes: int, *, width: int = 64,
   dt = parse_dtype(dtype, _DTYPES)
   block, stages = ARCHS[arch]
   return ResNet(block=block, stage_sizes=stages, num_classes=num_classes,
-                width=width, dtype=dt, arch=arch)
+                width=width, dtype=dt, arch=arch, remat=bool(remat))
 
 
 def parse_dtype(dtype, allowed):

@@ -85,6 +85,11 @@ def validate(config):
     _fail(f"init_scheme={c.init_scheme!r} is unknown; use torch or torchvision")
   if c.dtype not in DTYPES:
     _fail(f'dtype={c.dtype!r} is unknown; use float32, bfloat16 or float64')
+  if not isinstance(c.get('remat', False), bool):
+    _fail(f'remat={c.remat!r} must be True or False')
+  from enstransfer_jax import models  # pylint: disable=g-import-not-at-top
+  if c.get('remat', False) and models.is_swin(c.model):
+    _fail(f'remat=True is implemented for the ResNets only, not {c.model}; set remat=False')
   if c.dtype == 'float64':
     import jax  # pylint: disable=g-import-not-at-top
     if not jax.config.jax_enable_x64:

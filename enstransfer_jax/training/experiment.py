@@ -30,12 +30,12 @@ from enstransfer_jax.errors import UserError
 
 # Fields that may differ when a run is continued in the same work dir.
 _VOLATILE = ('overwrite', 'progress', 'wandb_mode', 'work_dir', 'compilation_cache_dir',
-             'rtd_workers', 'data_workers')
+             'rtd_workers', 'data_workers', 'remat')
 # The config fields a compiled program depends on (with the class count): runs that agree on
 # them share programs (the quickstart's pre-training and fine-tuning).
-_PROGRAM_FIELDS = ('model', 'width', 'dtype', 'transform_name', 'image_size', 'interpolation',
-                   'seed', 'grad_accum_steps', 'optimizer', 'wd', 'momentum', 'nesterov',
-                   'eval_batch_size', 'label_smoothing', 'clip_grad', 'simmim',
+_PROGRAM_FIELDS = ('model', 'width', 'dtype', 'remat', 'transform_name', 'image_size',
+                   'interpolation', 'seed', 'grad_accum_steps', 'optimizer', 'wd', 'momentum',
+                   'nesterov', 'eval_batch_size', 'label_smoothing', 'clip_grad', 'simmim',
                    'layer_decay', 'aug')
 # What `overwrite` clears (config.json and run_info.json are rewritten).
 _OUTPUTS = ('summary.json', 'metrics.jsonl', 'members', 'progress', 'pretrain', 'analysis',
@@ -99,10 +99,13 @@ def prepare_workdir(config, workdir):
 
 
 def pretrain_config(config):
-  """The quickstart's pre-training stage: a plain single model on pretrain.class_subset."""
+  """The quickstart's pre-training stage: a plain single model on pretrain.class_subset of
+  pretrain.dataset (default: the fine-tuning dataset)."""
   p = config.copy_and_resolve_references()
   with p.unlocked():
     p.class_subset = tuple(config.pretrain.class_subset)
+    if config.pretrain.dataset:
+      p.dataset, p.train_per_class = config.pretrain.dataset, 0
     p.epochs, p.lr, p.scheduler = config.pretrain.epochs, config.pretrain.lr, 'cosine'
     p.ensemble, p.num_fge, p.ckpt, p.star_fge = 'sse', 1, '', False
     p.fmap_betas, p.wo_beta, p.prev_ce_beta, p.freeze_layers = (0.0,) * 5, 0.0, 0.0, ()
@@ -150,7 +153,8 @@ def train_members(config, workdir, data, log, pretrained, programs=None, table_l
   tables have `table_length` steps."""
   programs = {} if programs is None else programs
   model = models.create_model(config.model, data.num_classes, width=config.width,
-                              dtype=config.dtype, image_size=config.image_size)
+                              dtype=config.dtype, image_size=config.image_size,
+                              remat=config.remat)
   key = ('evaluator', data.num_classes) + tuple(str(config[k]) for k in _PROGRAM_FIELDS)
   if key not in programs:
     programs[key] = Evaluator(model, transform=config.transform_name,
@@ -166,8 +170,10 @@ def train_members(config, workdir, data, log, pretrained, programs=None, table_l
             schedule=schedules.step_tables(config, spe, min_length=table_length))
   stages = plan_lib.make_plan(config)
   position = run.progress.position()
+  # metrics.jsonl as the uninterrupted run had it at the resumed position (empty at the start:
+  # lines of a run killed before its first save, or of another config, are dropped).
+  resume.truncate_lines(log.path, 0 if position is None else position['lines'])
   if position is not None:
-    resume.truncate_lines(log.path, position['lines'])
     for stage in stages[:position['stage']]:
       run.starts.load_finished(workdir, stage)
   previous = run.progress.install_signal_handlers()
@@ -180,8 +186,7 @@ def train_members(config, workdir, data, log, pretrained, programs=None, table_l
   finally:
     run.progress.finish()  # a save in flight completes before anything else happens
     run.progress.restore_signal_handlers(previous)
-  run.progress.clear()
-  return run
+  return run  # the caller clears run.progress once the run's summary is written
 
 
 def _pretrain(config, workdir, pre, pre_data, programs, table_length):
@@ -191,8 +196,10 @@ def _pretrain(config, workdir, pre, pre_data, programs, table_length):
         flush=True)
   if not check_workdir(pre, pre_dir):
     prepare_workdir(pre, pre_dir)
-    train_members(pre, pre_dir, pre_data, wd.MetricsLog(pre_dir), {}, programs, table_length)
+    pre_run = train_members(pre, pre_dir, pre_data, wd.MetricsLog(pre_dir), {}, programs,
+                            table_length)
     wd.write_json(os.path.join(pre_dir, 'summary.json'), {'done': True})
+    pre_run.progress.clear()
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.ckpt = wd.member_checkpoint(pre_dir, 1)
@@ -237,9 +244,12 @@ def run_experiment(config, workdir=None):
   summary = metrics.ensemble_summary(probs, data.test_labels, data.metric)
   summary['workdir'] = workdir
   summary['name'] = config.name
-  wd.write_json(os.path.join(workdir, 'summary.json'), summary)
+  # The last event, then summary.json (the mark of a finished run), then the progress save
+  # goes: a run stopped in between resumes after its last stage and writes the same files.
   log.write('summary', mean_member_acc=summary['mean_member_acc'],
             ensemble_acc=summary['ensembles'][-1]['acc'], diversity=summary['diversity'])
+  wd.write_json(os.path.join(workdir, 'summary.json'), summary)
+  run.progress.clear()
   if mesh.is_writer():
     print(metrics.format_summary(summary), flush=True)
   wandb_log.finish(run_handle, summary)

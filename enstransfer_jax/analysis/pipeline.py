@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from enstransfer_jax import checkpoints, metrics, models, schedules
-from enstransfer_jax.analysis import basin, outputs, similarity, soup, weights
+from enstransfer_jax.analysis import basin, one_model, outputs, similarity, weights
 from enstransfer_jax.analysis import calibration, evaluate, ood
 from enstransfer_jax.analysis.evaluate import Evaluator
 from enstransfer_jax.data import batches, datasets
@@ -351,12 +351,9 @@ def analyze_run(workdir, out, opts):
                                                                    res['diversity_matrix'])
     res['update_cosine'], res['update_modules'] = cos, mods
   score = metrics.METRICS[metric]
-  if opts.soup:
-    bn = bn_images(member_vars, data, opts)
-    sp = soup.soup_probs(ev, member_vars, bn, data.test_images)
-    res['soup'] = {'acc': score(sp, labels), 'nll': metrics.nll(sp, labels),
-                   'ece': metrics.ece(sp, labels), 'brier': metrics.brier(sp, labels),
-                   'bn_examples': len(bn)}
+  if opts.soup:  # the uniform and greedy soups beside the ensemble, the student (one_model.py)
+    one_model.run(res, config, workdir, ev, member_vars, probs, labels, data,
+                  bn_images(member_vars, data, opts), score, opts.ood, out)
   if opts.basin:
     res['basin'] = basin_results(ev, member_vars, pres, data, opts, score)
     if len(member_vars) < 3 and opts.grid:

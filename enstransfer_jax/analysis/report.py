@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from enstransfer_jax.analysis import calibration, ood, thesis
+from enstransfer_jax.analysis import calibration, one_model, ood, thesis
 from enstransfer_jax.errors import UserError
 
 
@@ -226,6 +226,8 @@ def write_run_report(path, res, files):
                            {'model': 'mean member', 'acc': res['mean_member_acc']}],
                           [('model', 'model'), ('acc', 'acc (%)'), ('nll', 'NLL'),
                            ('ece', 'ECE'), ('brier', 'Brier')], {'model': str, 'acc': pct}), '']
+  md += (one_model.report_lines(res['one_model'], {**files, **res.get('uncertainty_files', {})})
+         if 'one_model' in res else [])
   if 'basin' in res:
     b = res['basin']
     md += ['## Basin', '',

@@ -1,7 +1,9 @@
-"""Losses: cross-entropy and the thesis's regularisers (RTD, RTD-Lite, MSE, WO, previous CE)."""
+"""Losses: cross-entropy, the thesis's regularisers (RTD, RTD-Lite, MSE, WO, previous CE) and
+the distillation of an ensemble into one student."""
 
 from enstransfer_jax.losses.cross_entropy import cross_entropy
 from enstransfer_jax.losses.cross_entropy import per_sample_cross_entropy
+from enstransfer_jax.losses.distill import distillation_loss
 from enstransfer_jax.losses.feature_mse import feature_mse
 from enstransfer_jax.losses.orthogonal import flatten_params
 from enstransfer_jax.losses.orthogonal import weight_orthogonality

@@ -32,7 +32,10 @@ def terms_for(config, member, starts):
   fmap_on = any(c.fmap_betas) and (c.which_model_is_regularizer == 'pretrain' or cycle)
   earlier = bool(starts.earlier(member))
   frozen = tuple(c.freeze_layers) if cycle else ()
+  distill = c.get('distill') or {}  # a student (enstransfer_jax/distill.py)
   return step_lib.Terms(
+      distill_temperature=float(distill.get('temperature', 0.0)),
+      distill_alpha=float(distill.get('alpha', 1.0)),
       fmap_betas=tuple(float(b) for b in c.fmap_betas) if fmap_on else (),
       fmap_loss_type=c.fmap_loss_type, rtd_dim=c.rtd_dim, rtd_card=c.rtd_card,
       rtd_lp=c.rtd_lp,
@@ -70,6 +73,9 @@ class _Aux:
       aux['reg'] = self._placed['reg']
     elif self.terms.fmap_betas:
       aux['reg'] = self._place('reg', lambda: starts.regularizer(self.member))
+    if self.terms.distill_temperature:
+      from enstransfer_jax import distill  # pylint: disable=g-import-not-at-top
+      aux['teacher'] = self._place('teacher', lambda: distill.teacher(self.run.config))
     if self.terms.wo_beta or self.terms.prev_ce_beta:
       rng = np.random.default_rng([self.run.config.seed, self.member.index, local_step])
       chosen = self._earlier[rng.integers(len(self._earlier))]

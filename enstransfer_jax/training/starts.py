@@ -64,7 +64,8 @@ class Starts:
 
   def _with_head(self, variables, index):
     head = models.head_name(variables)
-    if variables['params'][head]['kernel'].shape[-1] == self.num_classes:
+    if (variables['params'][head]['kernel'].shape[-1] == self.num_classes
+        and not self.config.new_head):
       return variables
     key = streams.key(self.config.seed, 'head', index)
     return jax.device_get(models.replace_head(variables, self.num_classes, key))

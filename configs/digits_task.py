@@ -1,8 +1,8 @@
 """Every method of the thesis on the embedded digits transfer task (CPU, about a minute a run).
 
 The task is the quickstart's: a small ResNet-18 pre-trained on digits 0-4 (the 'pre-trained
-checkpoint'), then each method fine-tunes it on digits 5-9. As in the thesis, where every
-seed fine-tunes the same BYOL checkpoint, the task pre-trains ONE model, with the fixed seed
+checkpoint'), then each method fine-tunes it on digits 5-9. The thesis fine-tunes 3 seeds
+from each of 2 BYOL checkpoints; the task pre-trains ONE model, with the fixed seed
 PRETRAIN_SEED, and every method and every seed fine-tunes that one checkpoint: the seeds vary
 the fine-tuning alone (its random streams), not the pre-trained model. A method's config is its
 thesis config (configs/<method>.py) with the task's fields put over it: what makes the method
@@ -32,8 +32,8 @@ from configs import quickstart
 from enstransfer_jax.errors import UserError
 
 # The seed of the task's one pre-training on digits 0-4: every method and every fine-tuning
-# seed starts from the same checkpoint, as the thesis's runs start from the same BYOL
-# checkpoint (reproduce --pretrain-seed changes it).
+# seed starts from the same checkpoint, as the thesis's 3 seeds of a checkpoint start from
+# the same BYOL checkpoint (reproduce --pretrain-seed changes it).
 PRETRAIN_SEED = 0
 
 # Method name (the thesis config's `name`) -> the config module it comes from.

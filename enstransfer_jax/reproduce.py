@@ -3,8 +3,8 @@
   python -m enstransfer_jax.reproduce --task digits --seeds 5 [--methods sse starsse] [--out DIR]
   python -m enstransfer_jax.reproduce --task cifar100 --ckpts byol-1 byol-2 [byol-3 ..] [--out DIR]
 
-digits: the embedded transfer task (configs/digits_task.py), CPU. As in the thesis (every
-  seed fine-tunes the same pre-trained checkpoint), a ResNet-18 is pre-trained once on digits
+digits: the embedded transfer task (configs/digits_task.py), CPU. As the thesis's seeds of
+  one checkpoint fine-tune that checkpoint, a ResNet-18 is pre-trained once on digits
   0-4 with a fixed seed (<out>/pretrain; digits_task.PRETRAIN_SEED, `--pretrain-seed` to change
   it, in another --out) and every method fine-tunes that one checkpoint on digits 5-9 with
   seeds 0..N-1, so the seeds vary the fine-tuning alone.

@@ -62,7 +62,7 @@ def test_subensemble_counts_and_every_ensemble():
       '-'.join(str(i + 1) for i in c) for c in itertools.combinations(range(15), 5)]
   # Pooled per method over both StarSSE runs, as the thesis's Table 6.1.
   res = [{'name': 'starsse', 'subensembles': {'k': 5, 'rows': r}} for r in star]
-  with pytest.raises(ValueError, match='pool one K'):
+  with pytest.raises(ValueError, match='one --subensembles K'):
     study.write_pooled('/nonexistent-never-written', res + [
         {'name': 'starsse', 'subensembles': {'k': 4, 'rows': star[0]}}])
   assert subensembles.summary_table(star[0] + star[1])[0]['of'] == 2002
@@ -166,6 +166,9 @@ def test_run_study_files_and_report_against_numpy(tmp_path):
   sim = [{'member': i, 'reference': 'member1', 'layer': 'layer1',
           **similarity.compare(feats[0], feats[i - 1], with_rtd=False, rtd_batch=0)}
          for i in range(2, 6)]
+  sim += [{'member': i, 'reference': 'pretrained', 'layer': 'layer1',  # not Figure 4.2's
+           **similarity.compare(feats[4], feats[i - 1], with_rtd=False, rtd_batch=0)}
+          for i in range(1, 5)]
   acc = [np.mean(p.argmax(1) == labels) for p in probs]
   from enstransfer_jax import metrics  # pylint: disable=g-import-not-at-top
   res = {'name': 'starsse', 'metric': 'top1', 'notes': [], 'similarity': sim,
@@ -178,7 +181,9 @@ def test_run_study_files_and_report_against_numpy(tmp_path):
   # Figures 4.2 / 4.3: the Wasserstein distance of member 4's map to member 1's by scipy.
   a, b = feats[0].reshape(12, -1), feats[3].reshape(12, -1)
   cost = scipy.spatial.distance.cdist(a, b)
-  row = next(r for r in read('distances_to_member1.csv') if r['member'] == '4')
+  rows = read('distances_to_member1.csv')
+  assert [r['member'] for r in rows] == ['2', '3', '4', '5']
+  row = rows[2]
   np.testing.assert_allclose(float(row['wasserstein']),
                              cost[scipy.optimize.linear_sum_assignment(cost)].mean(), rtol=1e-9)
   np.testing.assert_allclose(float(row['mse']), np.mean((a - b) ** 2), rtol=1e-9)

@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from enstransfer_jax.analysis import report, study_plots, subensembles, weights
+from enstransfer_jax.errors import UserError
 
 TABLE_COLUMNS = ['group', 'ensembles', 'of', 'mean_member_acc_mean', 'mean_member_acc_std',
                  'diversity_mean', 'diversity_std', 'ensemble_acc_mean', 'ensemble_acc_std']
@@ -211,7 +212,8 @@ def write_pooled(out, results):
   for name, studies in methods.items():
     ks = {s['k'] for s in studies}
     if len(ks) > 1:
-      raise ValueError(f'runs of {name} have sub-ensembles of sizes {sorted(ks)}: pool one K')
+      raise UserError(f'runs of {name} have sub-ensembles of sizes {sorted(ks)}: analyse them '
+                      'with one --subensembles K')
     rows = [row for s in studies for row in s['rows']]
     table += [{'method': name, **row} for row in subensembles.summary_table(rows)]
     panels.append((f'{name} ({len(studies)} runs)', rows, subensembles.extremes(rows)[1],

@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from enstransfer_jax import metrics
+from enstransfer_jax.errors import UserError
 
 FRACTION = 0.05  # the thesis's "worst 5 %" / "best 5 %"
 
@@ -43,9 +44,9 @@ def count(members, k, fix_first=True):
 
 def check_size(members, k):
   if k < 2:
-    raise ValueError(f'sub-ensembles need K >= 2 members, got {k}')
+    raise UserError(f'sub-ensembles need K >= 2 members, got {k}')
   if k > members:
-    raise ValueError(f'sub-ensembles of {k} members need at least {k} members, the run has '
+    raise UserError(f'sub-ensembles of {k} members need at least {k} members, the run has '
                      f'{members}')
 
 

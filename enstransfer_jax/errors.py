@@ -10,6 +10,7 @@ Every other exception is a bug and keeps its traceback.
 """
 
 import contextlib
+import logging
 import sys
 
 
@@ -39,9 +40,22 @@ def report(e, code=2):
   sys.exit(code)
 
 
+class _QuietDiskFull(logging.Filter):
+  """Drops the log records (with tracebacks) that orbax's background save threads write for a
+  full disk: the same error reaches the main thread, which reports it in one line."""
+
+  def filter(self, record):
+    from enstransfer_jax.training import workdir  # pylint: disable=g-import-not-at-top
+    error = record.exc_info[1] if record.exc_info else None
+    return not ((error is not None and workdir.is_disk_full(error))
+                or workdir.is_disk_full(ValueError(record.getMessage())))
+
+
 @contextlib.contextmanager
 def user_errors():
   from enstransfer_jax.training.resume import Interrupted  # pylint: disable=g-import-not-at-top
+  quiet = _QuietDiskFull()
+  logging.getLogger('absl').addFilter(quiet)
   try:
     yield
   except Interrupted as e:
@@ -54,3 +68,5 @@ def user_errors():
     sys.exit(130)
   except USER_ERRORS as e:
     report(e)
+  finally:
+    logging.getLogger('absl').removeFilter(quiet)

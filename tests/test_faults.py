@@ -105,3 +105,47 @@ def test_user_error_is_a_value_error_and_caught_by_type():
   assert errors.is_user_error(OSError(28, 'No space left on device'))
   assert not errors.is_user_error(ValueError('a bug in a library'))
   assert not errors.is_user_error(KeyError('k'))
+
+
+# One writing run per work dir.
+def test_second_run_on_a_locked_work_dir_stops_naming_the_holder(tmp_path):
+  import socket  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import run_experiment  # pylint: disable=g-import-not-at-top
+  from tests import engine_util  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  try:
+    lock = {'pid': holder.pid, 'host': socket.gethostname(), 'started': 'earlier'}
+    (workdir / '.lock').write_text(json.dumps(lock))
+    with pytest.raises(errors.UserError) as info:
+      run_experiment(engine_util.tiny_config(num_fge=2), str(workdir))
+  finally:
+    holder.kill()
+    holder.wait()
+  assert str(info.value) == (
+      f'work dir {workdir} is in use by process {holder.pid} on {socket.gethostname()} '
+      f'(since earlier); wait for that run to end or choose another --workdir (if that '
+      f"process is gone, delete {workdir / '.lock'})")
+  assert sorted(os.listdir(workdir)) == ['.lock']  # nothing written
+  assert json.loads((workdir / '.lock').read_text()) == lock
+
+
+def test_stale_lock_is_taken_over_and_another_hosts_lock_is_not(tmp_path):
+  import socket  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
+  gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True)
+  dead_pid = int(gone.stdout)  # a process that has exited
+  path = tmp_path / '.lock'
+  path.write_text(json.dumps({'pid': dead_pid, 'host': socket.gethostname(), 'started': 'x'}))
+  with wd.WorkdirLock(str(tmp_path)):
+    held = json.loads(path.read_text())
+    assert (held['pid'], held['host']) == (os.getpid(), socket.gethostname())
+    with pytest.raises(errors.UserError, match=f'in use by process {os.getpid()} on '):
+      wd.WorkdirLock(str(tmp_path)).__enter__()  # a second run of this same process
+  assert not path.exists()  # released
+  path.write_text(json.dumps({'pid': os.getpid(), 'host': 'elsewhere', 'started': 'x'}))
+  with pytest.raises(errors.UserError, match='in use by process .* on elsewhere'):
+    wd.WorkdirLock(str(tmp_path)).__enter__()
+  assert json.loads(path.read_text())['host'] == 'elsewhere'

@@ -1,6 +1,7 @@
 """Kill-and-resume: a run killed (SIGKILL) or stopped (SIGTERM) mid-member and run again ends
 with exactly the outputs of an uninterrupted run; a NaN loss stops with the last good state."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -29,11 +30,67 @@ def _outputs(workdir):
   return summary, probs, lines
 
 
+class _Killed(BaseException):
+  """Stands for SIGKILL in the fault-injection test: nothing of the run's code catches it."""
+
+
+@contextlib.contextmanager
+def _faults(kill_at=None, rng=None):
+  """Counts the run's events (each train step, each metrics.jsonl record, each file renamed
+  into place, each progress save started) and stops the run at event number `kill_at`, a
+  metrics.jsonl record there being cut half-way through its line when rng says so."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax import atomic  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
+  count = []
+
+  def event(kind, partial=None):
+    count.append(kind)
+    if len(count) == kill_at:
+      if partial is not None and rng.random() < 0.5:
+        with open(partial[0], 'a') as f:
+          f.write(partial[1][:len(partial[1]) // 2])
+      raise _Killed(kind)
+
+  real = (step_lib.make_train_step, wd.MetricsLog.write, atomic.install,
+          ocp.CheckpointManager.save)
+
+  def make(*a):
+    step = real[0](*a)
+
+    def wrapped(*args):
+      event('step')
+      return step(*args)
+    return wrapped
+
+  def write(self, name, **fields):
+    event(f'record {name}', (self.path, json.dumps({'event': name, **{k: str(v) for k, v in fields.items()}})))
+    return real[1](self, name, **fields)
+
+  def install(tmp, out):
+    event(f'install {os.path.basename(out)}')
+    return real[2](tmp, out)
+
+  def save(self, *a, **k):
+    event('progress save')
+    return real[3](self, *a, **k)
+
+  step_lib.make_train_step, wd.MetricsLog.write, atomic.install = make, write, install
+  ocp.CheckpointManager.save = save
+  try:
+    yield count
+  finally:
+    step_lib.make_train_step, wd.MetricsLog.write, atomic.install = real[:3]
+    ocp.CheckpointManager.save = real[3]
+
+
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('whole'))
-  run_experiment(engine_util.tiny_config(**OVERRIDES), workdir)
-  return _outputs(workdir)
+  with _faults() as count:
+    run_experiment(engine_util.tiny_config(**OVERRIDES), workdir)
+  return _outputs(workdir) + (len(count),)
 
 
 def _run_and_signal(workdir, signal_name, at_call, second=False):
@@ -93,7 +150,7 @@ def test_interrupted_run_resumes_to_identical_outputs(tmp_path, uninterrupted, s
     assert position['stage'] == 1  # killed inside the parallel stage of members 2 and 3
   run_experiment(engine_util.tiny_config(**OVERRIDES), workdir)
   summary, probs, lines = _outputs(workdir)
-  ref_summary, ref_probs, ref_lines = uninterrupted
+  ref_summary, ref_probs, ref_lines, _ = uninterrupted
   assert summary == ref_summary
   for p, q in zip(probs, ref_probs):
     np.testing.assert_array_equal(p, q)
@@ -113,3 +170,70 @@ def test_nan_loss_stops_with_member_epoch_step_and_keeps_earlier_output(tmp_path
   assert os.path.exists(os.path.join(workdir, 'members', '1', 'test_probs.npy'))
   position = engine_util.progress_position(workdir)
   assert position['stage'] == 1 and not os.path.exists(os.path.join(workdir, 'members', '2'))
+
+
+@pytest.mark.parametrize('seed', [42, 39, 136])
+def test_run_stopped_at_random_points_resumes_to_the_same_files(tmp_path, uninterrupted, seed):
+  """Fault injection: the run stops at a random event (a step, a metrics record, possibly cut
+  half-way, a file being renamed into place, a progress save), and so does each of its next
+  two reruns; the last rerun must leave the summary.json, member probabilities and
+  metrics.jsonl (every record, in order, but the wall-clock fields) of the uninterrupted run.
+  The seeds are ones whose first stop falls on the run's most fragile events (the first
+  record before the first progress save; the last record and summary.json); the stops after
+  it are random."""
+  rng = np.random.default_rng(seed)
+  *reference, events = uninterrupted
+  workdir = str(tmp_path / 'run')
+  stops = []
+  for _ in range(3):
+    stops.append(int(rng.integers(1, events + 1)))
+    try:
+      with _faults(stops[-1], rng):
+        run_experiment(engine_util.tiny_config(**OVERRIDES), workdir)
+      break  # the rerun had fewer events left than the stop drawn: it finished
+    except _Killed:
+      pass
+  run_experiment(engine_util.tiny_config(**OVERRIDES), workdir)
+  summary, probs, lines = _outputs(workdir)
+  assert summary == reference[0], stops
+  for p, q in zip(probs, reference[1]):
+    np.testing.assert_array_equal(p, q)
+  assert lines == reference[2], stops
+  assert not os.path.exists(os.path.join(workdir, 'progress'))
+
+
+def test_full_disk_during_a_progress_save_keeps_the_last_save_and_resumes(tmp_path,
+                                                                          uninterrupted):
+  """The error orbax's tensorstore raises when the device is full, injected into the third
+  progress save: one line naming the folder, the second save intact, and the rerun (space
+  freed) ends with the uninterrupted run's files."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  real, calls = ocp.CheckpointManager.save, []
+
+  def save(self, *a, **k):
+    calls.append(1)
+    if len(calls) == 3:
+      raise ValueError('RESOURCE_EXHAUSTED: Failed writing: "progress/state/2.orbax-checkpoint-'
+                       'tmp/d/0": Failed to write 2030 bytes to file 6: No space left on device '
+                       "[os_error_code='28']")
+    return real(self, *a, **k)
+
+  ocp.CheckpointManager.save = save
+  try:
+    with pytest.raises(OSError) as info:
+      run_experiment(engine_util.tiny_config(**OVERRIDES), workdir)
+  finally:
+    ocp.CheckpointManager.save = real
+  assert info.value.strerror == (
+      f"no space left on the device while writing {os.path.join(os.path.abspath(workdir), 'progress')}; "
+      'free some space and run the same command again (the run resumes from its last checkpoint)')
+  # The second save (member 1, after epoch 1 and 1 batch) is the one a rerun reads.
+  position = engine_util.progress_position(workdir)
+  assert (position['stage'], position['epoch'], position['batch']) == (0, 1, 1)
+  run_experiment(engine_util.tiny_config(**OVERRIDES), workdir)
+  summary, probs, lines = _outputs(workdir)
+  assert summary == uninterrupted[0]
+  for p, q in zip(probs, uninterrupted[1]):
+    np.testing.assert_array_equal(p, q)
+  assert lines == uninterrupted[2]

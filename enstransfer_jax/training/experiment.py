@@ -219,11 +219,20 @@ def run_experiment(config, workdir=None):
     return wd.read_json(os.path.join(workdir, 'summary.json'))
   data = datasets.load_dataset(config)  # errors here leave the work dir untouched
   table_length = total_steps(config, data)
+  pre = pre_data = None
   if config.pretrain.enabled:
     pre = pretrain_config(config)
     pre_data = datasets.load_dataset(pre)
     table_length = max(table_length, total_steps(pre, pre_data))
   pretrained = {} if config.pretrain.enabled else starts_lib.load_checkpoints(config)
+  with wd.WorkdirLock(workdir):  # one writing run per work dir
+    if check_workdir(config, workdir):  # finished meanwhile by the run that held the lock
+      return wd.read_json(os.path.join(workdir, 'summary.json'))
+    return _train(config, workdir, data, pretrained, table_length, pre, pre_data)
+
+
+def _train(config, workdir, data, pretrained, table_length, pre, pre_data):
+  """run_experiment once the inputs are read and the work dir is locked."""
   prepare_workdir(config, workdir)
   print(f'work dir: {workdir}', flush=True)
   programs = {}

@@ -26,6 +26,7 @@ import time
 
 import orbax.checkpoint as ocp
 
+from enstransfer_jax.training import mesh
 from enstransfer_jax.training import workdir as wd
 from enstransfer_jax.errors import UserError
 
@@ -83,6 +84,7 @@ class Progress:
     start = time.monotonic()
     with wd.disk_errors(self.dir):
       self.manager.wait_until_finished()  # the previous save
+      wd.ensure_space(self.dir, wd.tree_bytes(state))
       step = self.manager.latest_step()
       step = 0 if step is None else step + 1
       self.manager.save(step, args=ocp.args.Composite(
@@ -134,13 +136,19 @@ class Progress:
 
 
 def truncate_lines(path, lines):
-  """Drops metrics.jsonl lines written after the checkpoint being resumed."""
-  if not os.path.exists(path):
+  """Drops metrics.jsonl lines written after the checkpoint being resumed (and a line cut
+  short by a kill), in one truncate call: the kept lines are never rewritten."""
+  if not os.path.exists(path) or not mesh.is_writer():
     return
-  with open(path) as f:
-    kept = f.readlines()[:lines]
-  with open(path, 'w') as f:
-    f.writelines(kept)
+  size = 0
+  with open(path, 'rb') as f:
+    for _ in range(lines):
+      line = f.readline()
+      if not line.endswith(b'\n'):
+        break
+      size += len(line)
+  if size < os.path.getsize(path):
+    os.truncate(path, size)
 
 
 def count_lines(path):

@@ -187,8 +187,11 @@ def train_stage(run, s, stage, position=None, previous_stage=None):
       save_now = ((c.checkpoint_every_steps and (local_step + 1) % c.checkpoint_every_steps == 0)
                   or run.progress.due(end_of_epoch=False))
       stop = run.progress.stop_requested
-      if b % c.log_every_steps == 0 or b == len(slices) - 1 or save_now or stop:
+      if b % c.log_every_steps == 0 or b == len(slices) - 1:
         _log_step(run, stage, epoch, local_step, mesh.to_host(step_metrics), bar)
+      elif save_now or stop:  # no record (an uninterrupted run has none here): the NaN check
+        _check_finite(mesh.to_host(step_metrics), stage, epoch,
+                      stage[0].epoch_offset * run.steps_per_epoch + local_step)
       if b < len(slices) - 1 and (save_now or stop):
         run.save_progress(state, s, epoch - 1, b + 1)
         if run.progress.stop_requested:
@@ -252,6 +255,7 @@ def _save_all_models(run, stage, epoch, state):
     return
   for j, m in enumerate(stage):
     path = all_models_dir(run.workdir, m.index, m.epoch_offset + epoch)
+    wd.ensure_space(os.path.dirname(path), wd.tree_bytes(host) // len(stage))
     with wd.disk_errors(path):
       checkpoints.save_converted(
           path, jax.tree_util.tree_map(lambda x, j=j: x[j], host),

@@ -29,6 +29,15 @@ What the script supplies to the reference (its code is run unchanged):
 At width != 64 the reference's ImageNetResNet is built with scaled channels from its own
 BasicBlock, Builder and _make_layer (the class fixes width 64).
 
+--augment cifar: the engine trains with its 'cifar' transform (crop and flip drawn in its
+train step from (seed, 'augment', member, step)); the reference gets the same images: its
+train loader (EngineAugmented) yields the engine's batches with the engine's draws of each
+step applied by hand-written torch (zero padding 4 of the [0, 1] image, the crop, the flip of
+the last axis, Normalize, float64: what RandomHorizontalFlip / RandomCrop(32, padding=4) /
+Normalize compute for given draws). With --seed, --lr and --epochs a whole pre-training run
+(`--methods single --classes 0,1,2,3,4 --batch-size 64 --lr 0.1 --epochs 20`) compares step
+for step with augmentation on.
+
 Needs torch (CPU) and giotto-ph for the RTD method. --write-golden PATH writes the reference's
 per-step values (cross-entropy, learning rate, the method's regulariser term) and the start
 weights to one .npz for tests/test_golden_trajectories.py (see write_golden; tests/data/README.md
@@ -77,7 +86,7 @@ GOLDEN_FORMAT = 1
 
 
 def base_settings(args):
-  return dict(seed=0, lr=0.05, fge_lr=0.1, wd=1e-4, momentum=0.9, epochs=args.epochs,
+  return dict(seed=args.seed, lr=args.lr, fge_lr=0.1, wd=1e-4, momentum=0.9, epochs=args.epochs,
               fge_epochs=args.epochs, fge_warmup_epochs=0, scheduler='cosine+warmup_cosine',
               batch_size=args.batch_size)
 
@@ -207,6 +216,60 @@ class EngineOrder:
     return iter(batches.epoch_order(self.seed, member, epoch, self.n).tolist())
 
 
+class EngineAugmented:
+  """The reference's train loader with the engine's order and the engine's crop / flip draws.
+
+  Each running epoch g of the reference is (member, epoch) as in EngineOrder; its batches are
+  the engine's batches of that epoch (last partial batch kept), and every image gets the
+  'cifar' parameters the engine's train step draws for that row and step
+  (augment.sample_train_params with the step's key), applied here by hand-written torch: zero
+  padding 4 of the [0, 1] image, the crop (top, left), the horizontal flip, then Normalize,
+  in float64, as torchvision's RandomHorizontalFlip / RandomCrop(32, padding=4) / Normalize
+  compute them for given draws.
+  """
+
+  def __init__(self, images, labels, settings, image_size):
+    import jax  # pylint: disable=g-import-not-at-top
+    from enstransfer_jax import streams  # pylint: disable=g-import-not-at-top
+    from enstransfer_jax.data import augment  # pylint: disable=g-import-not-at-top
+    self.images, self.labels, self.settings = images, labels, settings
+    self.n, self.size, self.calls = len(labels), settings['batch_size'], 0
+    self.dataset = range(self.n)  # the loop reads len(train_loader.dataset)
+    _, h, w, _ = images.shape
+    key = streams.key(settings['seed'], 'augment')
+    self._draw = jax.jit(lambda member, step: augment.sample_train_params(
+        jax.random.fold_in(jax.random.fold_in(key, member), step), self.size, h, w,
+        transform='cifar', image_size=image_size))
+    self.image_size = image_size
+
+  def __len__(self):
+    from enstransfer_jax.data import batches  # pylint: disable=g-import-not-at-top
+    return batches.num_batches(self.n, self.size)
+
+  def __iter__(self):
+    import torch  # pylint: disable=g-import-not-at-top
+    from enstransfer_jax.data import augment, batches  # pylint: disable=g-import-not-at-top
+    self.calls += 1
+    g, e, fe = self.calls, self.settings['epochs'], self.settings['fge_epochs']
+    member, epoch = (1, g) if g <= e else ((g - e - 1) // fe + 2, (g - e - 1) % fe + 1)
+    order = batches.epoch_order(self.settings['seed'], member, epoch, self.n)
+    mean = torch.tensor(augment.MEAN, dtype=torch.float64)[:, None, None]
+    std = torch.tensor(augment.STD, dtype=torch.float64)[:, None, None]
+    p, s = augment.CIFAR_PADDING, self.image_size
+    for b, (lo, hi) in enumerate(batches.batch_slices(self.n, self.size)):
+      step = (g - 1) * len(self) + b  # the member's global step: batches since the run began
+      params = self._draw(member, step)
+      box, flip = np.asarray(params['box']), np.asarray(params['flip'])
+      idx = order[lo:hi]
+      x = torch.from_numpy(self.images[idx].transpose(0, 3, 1, 2).copy()).double() / 255.0
+      x = torch.nn.functional.pad(x, (p, p, p, p))
+      out = []
+      for j in range(hi - lo):
+        crop = x[j, :, box[j, 0]:box[j, 0] + s, box[j, 1]:box[j, 1] + s]
+        out.append(torch.flip(crop, [-1]) if flip[j] else crop)
+      yield (torch.stack(out) - mean) / std, torch.from_numpy(self.labels[idx]).long()
+
+
 def run_reference(ref_main, name, settings, data, start_pt, args, records):
   import torch  # pylint: disable=g-import-not-at-top
   import importlib.util  # pylint: disable=g-import-not-at-top
@@ -237,7 +300,10 @@ def run_reference(ref_main, name, settings, data, start_pt, args, records):
                         settings['fge_epochs'])
   ds = torch.utils.data.TensorDataset
   loaders = {'train': torch.utils.data.DataLoader(ds(train_x, train_y), settings['batch_size'],
-                                                  sampler=sampler),
+                                                  sampler=sampler)
+                      if args.augment == 'none' else
+                      EngineAugmented(data.train_images, data.train_labels, settings,
+                                      args.image_size),
              'test': torch.utils.data.DataLoader(ds(test_x, test_y), 256)}
   ref_main.get_dataloaders = lambda *a, **k: loaders
 
@@ -295,7 +361,7 @@ def engine_fields(name, settings, args):
   fields = dict(settings, **METHODS[name])
   fields.update(dict(name=name, dataset='digits', class_subset=tuple(args.classes),
                      model='ResNet18', width=args.width, image_size=args.image_size,
-                     transform_name='none', dtype='float64', valid_freq=0, progress=False,
+                     transform_name=args.augment, dtype='float64', valid_freq=0, progress=False,
                      compilation_cache_dir='', wandb_mode='disabled', log_every_steps=1,
                      eval_batch_size=256, rtd_workers=0))
   return fields
@@ -372,6 +438,7 @@ def prepare_data(args):
   ref_tensors = (tensors(data.train_images), torch.from_numpy(data.train_labels).long(),
                  tensors(data.test_images), torch.from_numpy(data.test_labels).long())
   return types.SimpleNamespace(num_classes=data.num_classes, train_labels=data.train_labels,
+                               train_images=data.train_images,
                                ref_tensors=ref_tensors)
 
 
@@ -384,6 +451,11 @@ def main(argv=None):
   p.add_argument('--classes', default='0,1,2,3,4')
   p.add_argument('--batch-size', type=int, default=128)
   p.add_argument('--epochs', type=int, default=2, help='epochs per member')
+  p.add_argument('--seed', type=int, default=0, help="the runs' seed (data order, draws)")
+  p.add_argument('--lr', type=float, default=0.05, help='lr of member 1')
+  p.add_argument('--augment', default='none', choices=('none', 'cifar'),
+                 help="cifar: the engine's 'cifar' train transform, its crop / flip draws "
+                      'applied to the reference\'s batches too (EngineAugmented)')
   p.add_argument('--json', default='', help='write the comparison here')
   p.add_argument('--write-golden', default='', metavar='PATH',
                  help='write the reference per-step values and the start weights here '

@@ -139,7 +139,36 @@ def test_distill_end_to_end(starsse_run, tmp_path):
   assert again["ensembles"] == json.loads(json.dumps(summary["ensembles"]))
   os.symlink(out, os.path.join(workdir, one_model.DISTILL_DIR))
   try:
-    _, probs = one_model.load_student(workdir, data.test_labels)
-    np.testing.assert_array_equal(probs, saved)
+    _check_one_model_section(workdir, config, data, saved, str(tmp_path / 'analysis'))
   finally:
     os.remove(os.path.join(workdir, one_model.DISTILL_DIR))
+
+
+def _check_one_model_section(workdir, config, data, student_probs, out):
+  """The analysis's one-model rows: the student's from its saved probabilities, the greedy
+  soup saved as a run whose parameters are the numpy mean of the chosen members'."""
+  from enstransfer_jax import checkpoints, metrics, models
+  from enstransfer_jax.analysis import evaluate, one_model
+  from enstransfer_jax.ensemble import Ensemble
+  ids = [1, 2, 3, 4]
+  members = [checkpoints.load_pretrained(os.path.join(workdir, 'members', str(m),
+                                                      'checkpoint'))[1] for m in ids]
+  probs = [np.load(os.path.join(workdir, 'members', str(m), 'test_probs.npy')) for m in ids]
+  model = models.create_model('ResNet18', 10, width=4, image_size=16)
+  ev = evaluate.Evaluator(model, transform='none', image_size=16, batch_size=600)
+  res = {'metric': 'top1'}
+  os.makedirs(out)
+  one_model.run(res, config, workdir, ev, members, probs, data.test_labels, data,
+                data.train_images[:200], metrics.accuracy, '', out)
+  rows = {r['model']: r for r in res['one_model']['rows']}
+  assert rows['distilled']['acc'] == pytest.approx(
+      np.mean(student_probs.argmax(-1) == data.test_labels))
+  assert rows['ensemble']['networks'] == 4 and rows['greedy soup']['networks'] == 1
+  chosen = res['one_model']['greedy_members']
+  soup_dir = os.path.join(out, 'greedy_soup')
+  saved = checkpoints.load_pretrained(os.path.join(soup_dir, 'members', '1', 'checkpoint'))[1]
+  kernel = lambda v: np.asarray(v['params']['fc']['kernel'], np.float64)
+  np.testing.assert_allclose(kernel(saved), np.mean([kernel(members[m - 1]) for m in chosen],
+                                                    axis=0), atol=1e-6)
+  p = Ensemble.load(soup_dir, progress=False).predict(data.test_images).probs
+  assert rows['greedy soup']['acc'] == pytest.approx(np.mean(p.argmax(-1) == data.test_labels))

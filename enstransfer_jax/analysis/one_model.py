@@ -96,14 +96,25 @@ def _row(name, networks, probs, labels, score):
           'curve': (sel['coverage'], sel['risk'])}
 
 
+def _probs_in_shape(ev, variables, images, n_test):
+  """ev.probs on `images` padded (last image repeated) to the batch shape of the test split's
+  pass, so the compiled program is reused instead of compiled again for another length."""
+  n, target = len(images), min(ev.batch_size, n_test)
+  if n >= target:
+    return ev.probs(variables, images)
+  pad = np.concatenate([images, np.repeat(images[-1:], target - n, 0)])
+  return ev.probs(variables, pad)[:n]
+
+
 def run(res, config, workdir, ev, member_vars, probs, labels, data, bn, score, ood_spec, out):
   """The one-model section: res['soup'] (uniform), res['one_model']; files into `out`."""
   k = len(member_vars)
   variables = [{'params': v['params'], 'batch_stats': v['batch_stats']} for v in member_vars]
   recompute = lambda v: ev.recompute_bn(v, bn)
   held_x, held_y, held_what = held_out(config, data)
-  held_score = lambda v: score(ev.probs(recompute(v), held_x), held_y)
-  member_held = [score(ev.probs(v, held_x), held_y) for v in variables]
+  held_probs = lambda v: _probs_in_shape(ev, v, held_x, len(labels))
+  held_score = lambda v: score(held_probs(recompute(v)), held_y)
+  member_held = [score(held_probs(v), held_y) for v in variables]
   chosen, steps = soup.greedy_soup(variables, held_score, member_held)
   uniform = recompute(soup.uniform_soup(variables))
   greedy = uniform if len(chosen) == k else recompute(

@@ -13,6 +13,10 @@ Runs whose config enables wandb also log their tables and figures to a wandb run
 Calibration (reliability diagrams, temperature scaling: analysis/calibration.py) is part of
 every analysis (--no-calibration skips it); --ood DATASET[:CLASSES] adds out-of-distribution
 detection against that dataset's test split (analysis/ood.py), e.g. --ood digits:0,1,2,3,4.
+The thesis's own analyses (analysis/study.py) are part of every analysis: distances to member
+1 against accuracy (its Figures 4.2 / 4.3), raw weight cosine against diversity (6.2 / 6.4),
+and every sub-ensemble of K members (--subensembles K, default 5, 0 skips it: Figure 6.1,
+Table 6.1); given several work dirs, DIR/study.md pools them (one method's runs together).
 """
 
 import argparse
@@ -117,6 +121,11 @@ def analyze_runs(workdirs, out=None, *, subset=512, progress=True, compare_only=
   if len(workdirs) > 1 or compare_only:
     cmp_dir = out if out is not None else os.path.join(os.getcwd(), 'analysis')
     rows = report.write_comparison(cmp_dir, [_read_summary(w) for w in workdirs])
+    if len(results) > 1:  # the thesis's analyses pooled over runs (analysis/study.py)
+      from enstransfer_jax.analysis import study  # pylint: disable=g-import-not-at-top
+      pooled = study.write_pooled(cmp_dir, results)
+      if progress and pooled:
+        print(f"== pooled analyses: {pooled['study.md']}", flush=True)
     if progress:
       print(f"== comparison: {os.path.join(cmp_dir, 'comparison.md')}", flush=True)
       print(report.markdown_table(rows, report.COMPARISON_COLUMNS,
@@ -151,6 +160,9 @@ def parse_args(argv):
   p.add_argument('--no-calibration', dest='calibration', action='store_false',
                  help='skip the reliability diagrams and temperature scaling')
   p.add_argument('--no-basin', dest='basin', action='store_false')
+  p.add_argument('--subensembles', type=int, default=d.subensembles, metavar='K',
+                 help='the sub-ensemble study (thesis Figure 6.1 / Table 6.1) over ensembles '
+                 'of K members (0: none)')
   p.add_argument('--compare-only', action='store_true',
                  help='only the comparison table of the runs (from their summary.json)')
   p.add_argument('--quiet', dest='progress', action='store_false')

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from enstransfer_jax import checkpoints, metrics, models, schedules
 from enstransfer_jax.analysis import basin, one_model, outputs, similarity, weights
-from enstransfer_jax.analysis import calibration, evaluate, ood
+from enstransfer_jax.analysis import calibration, evaluate, ood, study
 from enstransfer_jax.analysis.evaluate import Evaluator
 from enstransfer_jax.data import batches, datasets
 from enstransfer_jax.errors import UserError
@@ -65,9 +65,12 @@ class Options:
   calibration: bool = True  # reliability diagrams, temperature scaling (calibration.py)
   ood: str = ''  # 'DATASET[:CLASSES]': out-of-distribution detection against it (ood.py)
   basin: bool = True
+  subensembles: int = 5  # K of the sub-ensemble study (study.py, Figure 6.1); 0 = none
   progress: bool = True
 
   def check(self):
+    if self.subensembles == 1 or self.subensembles < 0:
+      raise UserError(f'subensembles must be 0 (no study) or K >= 2, got {self.subensembles}')
     for name in ('subset', 'line_points'):
       if getattr(self, name) < 2:
         raise UserError(f'{name} must be >= 2, got {getattr(self, name)}')
@@ -350,6 +353,9 @@ def analyze_run(workdir, out, opts):
     res['weights'], cos, mods, res['weight_pairs'] = weight_tables(member_vars, pres,
                                                                    res['diversity_matrix'])
     res['update_cosine'], res['update_modules'] = cos, mods
+  study.run_study(res, config, probs, labels, [v['params'] for v in member_vars],
+                  opts.subensembles, opts.progress)
+  res['uncertainty_files'].update(study.write_files(res, out))
   score = metrics.METRICS[metric]
   if opts.soup:  # the uniform and greedy soups beside the ensemble, the student (one_model.py)
     one_model.run(res, config, workdir, ev, member_vars, probs, labels, data,

@@ -193,8 +193,10 @@ def write_run_report(path, res, files):
   if res['similarity']:
     md += [markdown_table(res['similarity'], [
         ('member', 'member'), ('reference', 'to'), ('layer', 'map'), ('cka', 'linear CKA'),
-        ('mse', 'MSE'), ('rtd', 'RTD'), ('rtd_lite', 'RTD-Lite'), ('rtd_metric', 'RTD metric')],
-        {'member': str, 'reference': str, 'layer': str, 'mse': '.4g', 'rtd': '.4g',
+        ('mse', 'MSE'), ('wasserstein', 'Wasserstein'), ('rtd', 'RTD'), ('rtd_lite', 'RTD-Lite'),
+        ('rtd_metric', 'RTD metric')],
+        {'member': str, 'reference': str, 'layer': str, 'mse': '.4g', 'wasserstein': '.4g',
+         'rtd': '.4g',
          'rtd_lite': '.4g', 'rtd_metric': '.4g'}), '']
   else:
     md += ['No pair to compare (one member and no pre-trained model).', '']
@@ -259,6 +261,8 @@ def write_run_report(path, res, files):
   files = {**files, **res.get('uncertainty_files', {})}
   md += calibration.report_lines(res['calibration'], files) if 'calibration' in res else []
   md += ood.report_lines(res['ood'], files) if 'ood' in res else []
+  from enstransfer_jax.analysis import study  # pylint: disable=g-import-not-at-top
+  md += study.report_lines(res, files)
   md += ['## Files', '', ', '.join(f'[{n}]({n})' for n in sorted(files) if n != 'report.md'), '']
   with open(path, 'w') as f:
     f.write('\n'.join(md))

@@ -172,3 +172,25 @@ def _check_one_model_section(workdir, config, data, student_probs, out):
                                                     axis=0), atol=1e-6)
   p = Ensemble.load(soup_dir, progress=False).predict(data.test_images).probs
   assert rows['greedy soup']['acc'] == pytest.approx(np.mean(p.argmax(-1) == data.test_labels))
+
+
+def test_distill_bad_inputs(tmp_path, capsys):
+  """One line, exit status 2, nothing written."""
+  from enstransfer_jax import distill
+  run = tmp_path / 'run'
+  os.makedirs(run / 'members' / '1' / 'checkpoint')
+  for name in ('config.json', 'run_info.json'):
+    (run / name).write_text('{}')
+  cases = [([str(tmp_path / 'nowhere')], 'does not exist'),
+           ([str(run)], 'summary.json is missing'),
+           ([str(run), '--alpha', '2'], '--alpha 2.0: it must lie in [0, 1]'),
+           ([str(run), '--temperature', '0'], '--temperature 0.0: it must be > 0'),
+           ([str(run), '--init', 'pretrained'], 'has no single pre-trained checkpoint')]
+  for argv, message in cases:
+    if argv == [str(run), '--alpha', '2']:
+      (run / 'summary.json').write_text('{}')
+    with pytest.raises(SystemExit) as e:
+      distill.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+  assert sorted(os.listdir(run)) == ['config.json', 'members', 'run_info.json', 'summary.json']

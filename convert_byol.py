@@ -5,7 +5,7 @@
   python convert_byol.py --arch SwinTiny INPUT.pt OUTPUT_DIR [--image-size 224] [--simmim]
                          [--num-classes N] [--seed S] [--force]
   python convert_byol.py --to-torch FLAX_DIR OUT.pt [--force]
-  python convert_byol.py --to-torch --all-members WORK_DIR OUT_DIR [--force]
+  python convert_byol.py --to-torch --all-members WORK_DIR OUT_DIR [--force] [--allow-partial]
 
 The architecture is inferred from the keys unless --arch is given. --num-classes
 replaces a head of another size by a fresh one (torch nn.Linear init, --seed);
@@ -42,6 +42,9 @@ def main(argv=None) -> int:
   parser.add_argument('--num-classes', type=int, default=None)
   parser.add_argument('--seed', type=int, default=0, help='seed of a replaced head')
   parser.add_argument('--force', action='store_true', help='replace an existing output')
+  parser.add_argument('--allow-partial', action='store_true',
+                      help='with --all-members: export the members there of an unfinished run '
+                      'or one that lost a member')
   parser.add_argument('--trust-pickle', action='store_true',
                       help='allow Python objects in the torch file (trusted files only)')
   args = parser.parse_args(argv)
@@ -52,7 +55,10 @@ def main(argv=None) -> int:
   from enstransfer_jax import checkpoints, errors  # pylint: disable=g-import-not-at-top
   try:
     if args.all_members:
-      info = checkpoints.export_members(args.input, args.output, force=args.force)
+      info = checkpoints.export_members(args.input, args.output, force=args.force,
+                                        allow_partial=args.allow_partial)
+      if info['note']:
+        print(f"note: {info['note']}")
       print(f'wrote {args.output}: {", ".join(info["files"])} ({info["architecture"]}, '
             f'width {info["width"]}, {info["num_classes"]} classes)')
     elif args.to_torch:

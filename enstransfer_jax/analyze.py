@@ -89,10 +89,56 @@ def log_wandb(config, out, files, progress=True):
     return None
 
 
+def _check_runs(workdirs, allow_partial, compare_only):
+  """One line for a work dir given twice, a damaged file, or an unfinished run or one that
+  lost a member (unless allow_partial); returns the notes of the partial runs used."""
+  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
+  seen = {}
+  for w in workdirs:
+    key = os.path.realpath(w)
+    if key in seen:
+      raise UserError(f'work dir {w} is given twice ({seen[key]} and {w}); give each run once')
+    seen[key] = w
+  notes = []
+  for w in workdirs:
+    for name in ('config.json', 'run_info.json', 'summary.json'):
+      if os.path.isfile(os.path.join(w, name)):
+        wd.read_json(os.path.join(w, name))  # a damaged file is one line
+    if compare_only:
+      continue
+    found = wd.member_ids(w, 'test_probs.npy')
+    for i in found:
+      wd.load_member_probs(w, i)
+    note = wd.check_members(w, found, allow_partial)
+    if note:
+      notes.append(note)
+  return notes
+
+
+def _setting(summary):
+  """What a run trained: (dataset, class subset, model), from its config.json."""
+  c = summary.get('config') or {}
+  subset = ','.join(map(str, c.get('class_subset') or ())) or 'all'
+  return (str(c.get('dataset', '?')), subset, str(c.get('model', '?')))
+
+
+def group_by_setting(summaries):
+  """Rows of the comparison are per method; runs of one method on several datasets, class
+  subsets or models are several rows (their method name gets the setting added)."""
+  settings = {}
+  for s in summaries:
+    settings.setdefault(s.get('name'), set()).add(_setting(s))
+  return [dict(s, name=f"{s['name']} ({_setting(s)[0]}, classes {_setting(s)[1]}, "
+                       f'{_setting(s)[2]})') if len(settings[s.get('name')]) > 1 else s
+          for s in summaries]
+
+
 def analyze_runs(workdirs, out=None, *, subset=512, progress=True, compare_only=False,
-                 **options):
+                 allow_partial=False, **options):
   """Analyses every work dir; with several, writes the comparison. Returns
-  {'runs': [results per work dir], 'comparison': rows or None}."""
+  {'runs': [results per work dir], 'comparison': rows or None}. Runs are grouped by method,
+  dataset, class subset and model; a run without all its members is refused unless
+  `allow_partial` (then a note says which members were used)."""
   if isinstance(workdirs, (str, os.PathLike)):
     workdirs = [workdirs]
   workdirs = [os.fspath(w) for w in workdirs]
@@ -107,6 +153,14 @@ def analyze_runs(workdirs, out=None, *, subset=512, progress=True, compare_only=
   for w in workdirs:
     if not os.path.isdir(w):
       raise FileNotFoundError(f'work dir {w} does not exist')
+  if opts.ood:  # a bad spec is one line before any file is written
+    from enstransfer_jax.analysis import ood  # pylint: disable=g-import-not-at-top
+    from enstransfer_jax.data import datasets  # pylint: disable=g-import-not-at-top
+    if ood.parse_spec(opts.ood)[0] not in datasets.DATASETS:
+      raise UserError(f'--ood {opts.ood!r}: unknown dataset; use one of '
+                      f"{', '.join(datasets.DATASETS)}")
+  for note in _check_runs(workdirs, allow_partial, compare_only):
+    print(f'note: {note}', flush=True)
   results = []
   if not compare_only:
     for w, o in zip(workdirs, _out_dirs(workdirs, out)):
@@ -120,7 +174,8 @@ def analyze_runs(workdirs, out=None, *, subset=512, progress=True, compare_only=
   rows = None
   if len(workdirs) > 1 or compare_only:
     cmp_dir = out if out is not None else os.path.join(os.getcwd(), 'analysis')
-    rows = report.write_comparison(cmp_dir, [_read_summary(w) for w in workdirs])
+    rows = report.write_comparison(cmp_dir,
+                                   group_by_setting([_read_summary(w) for w in workdirs]))
     if len(results) > 1:  # the thesis's analyses pooled over runs (analysis/study.py)
       from enstransfer_jax.analysis import study  # pylint: disable=g-import-not-at-top
       pooled = study.write_pooled(cmp_dir, results)
@@ -165,6 +220,8 @@ def parse_args(argv):
                  'of K members (0: none)')
   p.add_argument('--compare-only', action='store_true',
                  help='only the comparison table of the runs (from their summary.json)')
+  p.add_argument('--allow-partial', action='store_true',
+                 help='analyse the members there of an unfinished run or one that lost a member')
   p.add_argument('--quiet', dest='progress', action='store_false')
   return p.parse_args(argv)
 

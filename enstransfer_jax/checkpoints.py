@@ -390,22 +390,26 @@ def export_torch(ckpt, out_file, *, force: bool = False) -> Dict[str, Any]:
   return {**info, 'sha256': sha256(out)}
 
 
-def export_members(workdir, out_dir, *, force: bool = False) -> Dict[str, Any]:
+def export_members(workdir, out_dir, *, force: bool = False,
+                   allow_partial: bool = False) -> Dict[str, Any]:
   """Every member of a run -> OUT_DIR/member_<i>.pt (as export_torch) plus a README.md.
 
-  Written into a temporary dir and renamed, so OUT_DIR is complete or absent. Returns
-  {'files': [file names], 'architecture', 'num_classes', 'width'}.
+  Written into a temporary dir and renamed, so OUT_DIR is complete or absent. A run without
+  summary.json or missing one of its members is refused unless `allow_partial` (then 'note'
+  and the README say which members are there). Returns {'files': [file names],
+  'architecture', 'num_classes', 'width', 'note'}.
   """
+  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   work, out = Path(workdir), Path(out_dir).absolute()
   _check_absent(out, force)
   if not work.is_dir():
     raise FileNotFoundError(f'work dir {work} does not exist')
-  ids = sorted(int(d.name) for d in (work / 'members').glob('*')
-               if d.name.isdigit() and (d / 'checkpoint').is_dir())
+  ids = wd.member_ids(str(work), 'checkpoint')
   if not ids:
     raise UserError(f'{work} holds no member checkpoint (members/<i>/checkpoint); train it '
                     'first')
+  note = wd.check_members(str(work), ids, allow_partial)
   read = lambda name: (json.loads((work / name).read_text()) if (work / name).is_file() else {})
   info, config, summary = read('run_info.json'), read('config.json'), read('summary.json')
   accs = {m['member']: m.get('test_acc') for m in summary.get('members', [])}
@@ -444,9 +448,12 @@ def export_members(workdir, out_dir, *, force: bool = False) -> Dict[str, Any]:
         "    model.load_state_dict(torch.load('member_1.pt')['model_state'])", '',
         '(torchvision builds width 64 only; another width needs a ResNet with that base width). '
         f"`config.json` is the run's config.", '']
+    if note:
+      readme[2:2] = [f'Note: {note}; the ensemble of the run is incomplete.', '']
     (tmp / 'README.md').write_text('\n'.join(readme))
     if (work / 'config.json').is_file():
       shutil.copyfile(work / 'config.json', tmp / 'config.json')
   atomic.write(out, write)
   extra = ['config.json'] if (work / 'config.json').is_file() else []
-  return {'files': [f'member_{i}.pt' for i in ids] + extra + ['README.md'], **desc}
+  return {'files': [f'member_{i}.pt' for i in ids] + extra + ['README.md'], **desc,
+          'note': note}

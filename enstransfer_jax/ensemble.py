@@ -108,6 +108,7 @@ class Ensemble:
     if temperature is not None and not float(temperature) > 0:
       raise UserError(f'temperature must be > 0, got {temperature}')
     self.temperature = None if temperature is None else float(temperature)
+    self.note = ''  # set by load() when a partial run is used
     self.num_classes = int(info['num_classes'])
     subset = tuple(config.get('class_subset') or ())
     # The dataset's label of each output (class_subset maps output k to label subset[k]).
@@ -115,8 +116,12 @@ class Ensemble:
 
   @classmethod
   def load(cls, workdir, members: Optional[Sequence[int]] = None,
-           temperature: Optional[float] = None, *, progress: bool = True):
-    """Members (1-based ids, default all) of the finished run in `workdir`."""
+           temperature: Optional[float] = None, *, progress: bool = True,
+           allow_partial: bool = False):
+    """Members (1-based ids, default all) of the finished run in `workdir`. By default every
+    member of summary.json must be there; `members` picks some, `allow_partial` takes those
+    of an unfinished or damaged run (self.note then says so)."""
+    from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
     import ml_collections  # pylint: disable=g-import-not-at-top
     workdir = os.fspath(workdir)
     if not os.path.isdir(workdir):
@@ -124,14 +129,15 @@ class Ensemble:
     how = f'{workdir} is not a work dir written by python main.py --config ...'
     config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, 'config.json'), how))
     info = _read_json(os.path.join(workdir, 'run_info.json'), how)
-    if not os.path.isfile(os.path.join(workdir, 'summary.json')):
+    if not allow_partial and not os.path.isfile(os.path.join(workdir, 'summary.json')):
       raise UserError(f'{workdir} holds an unfinished run (no summary.json); run its training '
-                      'command again to finish it')
+                      'command again to finish it, or pass --allow-partial to use the finished '
+                      'members')
     mdir = os.path.join(workdir, 'members')
-    found = sorted(int(d) for d in (os.listdir(mdir) if os.path.isdir(mdir) else [])
-                   if d.isdigit() and os.path.isdir(os.path.join(mdir, d, 'checkpoint')))
+    found = wd.member_ids(workdir, 'checkpoint')
     if not found:
       raise UserError(f'{workdir} holds no member checkpoint (members/<i>/checkpoint)')
+    note = wd.check_members(workdir, found, allow_partial) if members is None else ''
     ids = found if members is None else [int(m) for m in members]
     missing = [m for m in ids if m not in found]
     if missing or not ids or len(set(ids)) != len(ids):
@@ -153,7 +159,9 @@ class Ensemble:
                             interpolation=config.get('interpolation', 'bilinear'),
                             batch_size=config.get('eval_batch_size', 500), progress=progress)
     stacked = jax.device_put(evaluate.stack(variables))
-    return cls(workdir, config, info, ids, stacked, ev, temperature)
+    ensemble = cls(workdir, config, info, ids, stacked, ev, temperature)
+    ensemble.note = note
+    return ensemble
 
   def member_probs(self, images, batch_size=None):
     """[K, N, C] float32 softmax of every member (see the module docstring for images)."""

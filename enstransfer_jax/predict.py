@@ -3,7 +3,7 @@
   python -m enstransfer_jax.predict WORK_DIR --images FILE_OR_DIR [...] [options]
   python -m enstransfer_jax.predict WORK_DIR --dataset NAME --split SPLIT
                                     [--class-subset 5,6,7,8,9] [options]
-  options: [--out preds.npz] [--top-k 5] [--members 1,2] [--temperature T]
+  options: [--out preds.npz] [--top-k 5] [--members 1,2] [--allow-partial] [--temperature T]
            [--batch-size B] [--show 20] [--no-labels]
 
 --images: PNG / JPEG (anything Pillow reads) files, or folders of them (their image files,
@@ -175,7 +175,10 @@ def run(args):
   if args.batch_size is not None and args.batch_size < 1:
     raise UserError(f'--batch-size must be >= 1, got {args.batch_size}')
   members = _ints(args.members, '--members') if args.members else None
-  ens = Ensemble.load(args.workdir, members, args.temperature)
+  ens = Ensemble.load(args.workdir, members, args.temperature,
+                      allow_partial=args.allow_partial)
+  if ens.note:
+    print(f'note: {ens.note}')
   labels, notes = None, []
   if args.images:
     names = image_files(args.images)
@@ -223,6 +226,8 @@ def parse_args(argv):
   p.add_argument('--top-k', type=int, default=5)
   p.add_argument('--show', type=int, default=20, help='rows printed (0 = all)')
   p.add_argument('--members', default=None, metavar='I,J,...', help='member ids (default all)')
+  p.add_argument('--allow-partial', action='store_true',
+                 help='use the members there of an unfinished run or one that lost a member')
   p.add_argument('--temperature', type=float, default=None,
                  help='temperature of the ensemble (analysis/calibration.json)')
   p.add_argument('--batch-size', type=int, default=None,

@@ -120,7 +120,11 @@ def apply_overrides(config, overrides):
       node = node[part]
     if path[-1] not in node:
       raise UserError(f'--set {key}: the config has no field {path[-1]!r} (see configs/base.py)')
-    node[path[-1]] = value
+    try:
+      node[path[-1]] = value
+    except (TypeError, ValueError) as e:
+      raise UserError(f'--set {key}={value!r}: {str(e).splitlines()[0]}; give a value of the '
+                      f'field\'s type (now {node[path[-1]]!r})') from None
   return config
 
 
@@ -568,6 +572,9 @@ def reproduce(args, jobs=None):
     else:
       jobs = cifar100_jobs(args.methods, list(args.ckpts), args.seeds, args.out, args.data_dir,
                            parse_overrides(args.set))
+  if os.path.isfile(os.path.join(args.out, 'config.json')):
+    raise UserError(f'--out {args.out} is the work dir of a single run (it holds config.json); '
+                    'give reproduce a folder of its own')
   if not args.table_only:
     check_inputs(jobs)
   results = run_jobs(jobs, progress=not args.no_progress, train=not args.table_only)

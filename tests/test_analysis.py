@@ -389,6 +389,8 @@ def test_cli_two_members_from_scratch(workdir, tmp_path):
   shutil.copytree(workdir['root'], root, ignore=shutil.ignore_patterns('pre', '3', 'analysis'))
   info = json.loads((root / 'run_info.json').read_text())
   (root / 'run_info.json').write_text(json.dumps({**info, 'pretrained': ''}))
+  summary = json.loads((root / 'summary.json').read_text())  # a run of two members
+  (root / 'summary.json').write_text(json.dumps({**summary, 'members': summary['members'][:2]}))
   analyze.main([str(root), '--subset', '20', '--rtd-points', '0', '--grid', '3',
                 '--line-points', '2', '--bn-examples', '64', '--eval-examples', '50',
                 '--no-soup', '--quiet'])

@@ -83,6 +83,9 @@ def validate(config):
   _validate_recipe(c)
   if c.init_scheme not in ('torch', 'torchvision'):
     _fail(f"init_scheme={c.init_scheme!r} is unknown; use torch or torchvision")
+  if c.get('class_subset') and len(tuple(c.class_subset)) < 2:
+    _fail(f'class_subset={tuple(c.class_subset)} keeps one class: a classifier needs at least '
+          'two (e.g. class_subset=(5, 6)), or () for every class')
   if c.dtype not in DTYPES:
     _fail(f'dtype={c.dtype!r} is unknown; use float32, bfloat16 or float64')
   if not isinstance(c.get('remat', False), bool):

@@ -9,6 +9,11 @@ had L lines. Everything else a step needs is a pure function of (seed, member, e
 data order, augmentation, the learning rate, the member drawn for WO / prev-CE. So a resumed
 run repeats exactly what the uninterrupted run would have done.
 
+Each save's position also holds a checksum of the state's arrays (`checksum`: CRC-32 of every
+array's dtype, shape and bytes, order-free); `position` restores the newest save, verifies it,
+and falls back to the one before when it is unreadable or does not match (a flipped bit, a
+truncated or deleted file), saying so in one line.
+
 Saves are asynchronous: `save` returns once the state is copied off the devices and the
 files are written in the background while the next steps run; the next save, `finish` and
 `clear` wait for it. orbax writes each save under a temporary name and marks it complete
@@ -19,11 +24,18 @@ and on a signal. SIGINT and SIGTERM set a flag; the loop saves at the next step 
 waits for the save to complete and stops with `Interrupted`.
 """
 
+import contextlib
+import logging
 import os
 import signal
 import shutil
+import sys
 import time
+import zlib
 
+import numpy as np
+
+import jax
 import orbax.checkpoint as ocp
 
 from enstransfer_jax.training import mesh
@@ -65,20 +77,40 @@ class Progress:
     return os.path.isdir(os.path.join(self.dir, 'state'))
 
   def position(self):
-    """The saved position, or None when the run has not started (or was reset)."""
+    """The position of the newest intact save (see the module docstring), or None when the
+    run has not started (or was reset)."""
     if not self.exists():
       return None
-    try:
-      step = self.manager.latest_step()
-      if step is None:
-        return None
-      position = self.manager.restore(
-          step, args=ocp.args.Composite(position=ocp.args.JsonRestore())).position
-    except Exception as e:  # pylint: disable=broad-except
-      raise UserError(f'the progress checkpoint in {self.dir} is unreadable '
-                      f'({type(e).__name__}); delete that folder to restart the member in '
-                      'progress, or pass --config.overwrite=True') from None
-    return dict(position, state_step=step)
+    bad = []
+    with _quiet_library_logs():
+      try:
+        steps = sorted(self.manager.all_steps(), reverse=True)
+      except Exception as e:  # pylint: disable=broad-except
+        steps, bad = [], [('?', e)]
+      for step in steps:
+        try:
+          position = self._verified(step)
+        except Exception as e:  # pylint: disable=broad-except
+          bad.append((step, e))
+          continue
+        if bad:
+          print(f'progress save {bad[0][0]} in {self.dir} is corrupt ({_why(bad[0][1])}); '
+                f'resuming from the save before it ({step})', file=sys.stderr, flush=True)
+        return dict(position, state_step=step)
+    if not bad:
+      return None
+    raise UserError(f'the progress checkpoint in {self.dir} is unreadable '
+                    f'({_why(bad[0][1])}); delete that folder to restart the member in '
+                    'progress, or pass --config.overwrite=True')
+
+  def _verified(self, step):
+    """The position of save `step` once its state matches the checksum saved with it."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        position=ocp.args.JsonRestore(), state=ocp.args.StandardRestore()))
+    position = dict(restored.position)
+    if 'checksum' in position and checksum(restored.state) != position['checksum']:
+      raise ValueError('checksum mismatch')
+    return position
 
   def save(self, state, *, stage, epoch, batch, lines):
     start = time.monotonic()
@@ -90,7 +122,7 @@ class Progress:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           position=ocp.args.JsonSave({'stage': stage, 'epoch': epoch, 'batch': batch,
-                                      'lines': lines})))
+                                      'lines': lines, 'checksum': checksum(state)})))
       if not self.asynchronous or self.stop_requested:
         self.manager.wait_until_finished()
     self.last_save = time.monotonic()
@@ -133,6 +165,34 @@ class Progress:
   def restore_signal_handlers(previous):
     for s, h in previous.items():
       signal.signal(s, h)
+
+
+def checksum(tree):
+  """CRC-32 of every array's dtype, shape and bytes, combined independently of the tree's
+  order and container types (a saved dataclass is restored as a dict)."""
+  leaves = [np.asarray(x) for x in mesh.to_host(jax.tree_util.tree_leaves(tree))]
+  crcs = sorted(zlib.crc32(np.ascontiguousarray(x).tobytes(),
+                           zlib.crc32(f'{x.dtype.str}{x.shape}'.encode())) for x in leaves)
+  return f'crc32:{zlib.crc32(np.asarray(crcs, np.uint32).tobytes()):08x}'
+
+
+def _why(e):
+  text = str(e).splitlines()[0][:160] if str(e) else ''
+  return f'{type(e).__name__}: {text}' if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet_library_logs():
+  """orbax and asyncio log every failed read with a traceback; position() reports once."""
+  drop = logging.Filter('nothing')  # a filter named so that no record passes
+  loggers = [logging.getLogger(n) for n in ('absl', 'asyncio')]
+  for logger in loggers:
+    logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    for logger in loggers:
+      logger.removeFilter(drop)
 
 
 def truncate_lines(path, lines):

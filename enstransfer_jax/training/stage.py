@@ -283,7 +283,10 @@ def _check_finite(host, stage, epoch, gstep):
   bad = [k for k, v in host.items() if not np.all(np.isfinite(v))]
   if bad:
     where = f', step {gstep}' if gstep is not None else ' (epoch mean)'
+    values = np.ravel(host[bad[0]])
+    j = int(np.flatnonzero(~np.isfinite(values))[0])  # the member whose value is not finite
+    which = f' (member {stage[j].index})' if len(values) == len(stage) > 1 else ''
     raise FloatingPointError(
-        f'{bad[0]} became {np.ravel(host[bad[0]])[0]} at member '
-        f'{",".join(str(m.index) for m in stage)}, epoch {epoch}{where}; lower lr or '
+        f'{bad[0]} became {values[j]} at member '
+        f'{",".join(str(m.index) for m in stage)}{which}, epoch {epoch}{where}; lower lr or '
         'check the data; the members saved so far are kept')

@@ -11,6 +11,8 @@ member k-1 and StarSSE member k from member 1 (parameters and BN statistics).
 Pre-trained checkpoints are read once, before the work dir is touched (`load_checkpoints`).
 """
 
+import os
+
 import jax
 import numpy as np
 
@@ -29,7 +31,7 @@ def checkpoint_paths(config):
 
 def load_checkpoints(config):
   """{path: host variables} of every pre-trained checkpoint the run reads; one-line errors for
-  a missing, unreadable or wrong-architecture checkpoint."""
+  a missing, unreadable, wrong-architecture, wrong-width or non-finite checkpoint."""
   out = {}
   for path in checkpoint_paths(config):
     if path and path not in out:
@@ -37,8 +39,24 @@ def load_checkpoints(config):
       if models.canonical_name(arch) != models.canonical_name(config.model):
         raise UserError(f'checkpoint {path} holds a {arch} but config.model is '
                         f'{config.model}; set --config.model={arch}')
-      out[path] = jax.device_get(dict(variables))
+      variables = jax.device_get(dict(variables))
+      width = checkpoints.describe(variables).get('width')
+      if width is not None and int(width) != int(config.width):
+        raise UserError(f'checkpoint {path} holds a {arch} of width {width} but config.width '
+                        f'is {config.width}; set --config.width={width}')
+      _check_finite_weights(path, variables)
+      out[path] = variables
   return out
+
+
+def _check_finite_weights(path, variables):
+  flat = jax.tree_util.tree_flatten_with_path(variables)[0]
+  for key, leaf in flat:
+    leaf = np.asarray(leaf)
+    if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(leaf)):
+      raise UserError(f'checkpoint {path} holds non-finite weights ({jax.tree_util.keystr(key)} '
+                      f'has {int(np.sum(~np.isfinite(leaf)))} NaN or inf values); it is '
+                      'damaged: convert or train it again')
 
 
 class Starts:
@@ -101,6 +119,11 @@ class Starts:
   def load_finished(self, workdir, stage):
     from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
     for m in stage:
-      _, variables = checkpoints.load_pretrained(wd.member_checkpoint(workdir, m.index))
+      path = wd.member_checkpoint(workdir, m.index)
+      if not os.path.isdir(path):
+        raise UserError(f'member {m.index} finished before the run stopped, but its checkpoint '
+                        f'{path} is missing; restore it, or pass --config.overwrite=True to '
+                        'train the run again')
+      _, variables = checkpoints.load_pretrained(path)
       self.finished[m.index] = jax.device_get(dict(variables))
 

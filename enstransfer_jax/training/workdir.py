@@ -189,8 +189,14 @@ def write_json(path, obj):
 
 
 def read_json(path):
+  """A JSON file of the run; a damaged one is a one-line UserError."""
   with open(path) as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise UserError(f'{path} is damaged (not JSON: {getattr(e, "msg", e)}, line '
+                      f'{getattr(e, "lineno", "?")}); restore it, or delete it and run the '
+                      'training command again to rewrite it') from None
 
 
 def save_npy(path, array):
@@ -221,7 +227,49 @@ def save_member(workdir, index, variables, probs, metadata):
 
 
 def load_member_probs(workdir, index):
-  return np.load(os.path.join(member_dir(workdir, index), 'test_probs.npy'))
+  path = os.path.join(member_dir(workdir, index), 'test_probs.npy')
+  try:
+    return np.load(path)
+  except (ValueError, EOFError) as e:
+    raise UserError(f'{path} is damaged ({str(e).splitlines()[0][:100]}); run the training '
+                    'command again with --config.overwrite=True to rewrite the run') from None
+
+
+def member_ids(workdir, file):
+  """The ids of members/<i> that hold `file` ('checkpoint' or 'test_probs.npy'), sorted."""
+  root = os.path.join(workdir, 'members')
+  names = os.listdir(root) if os.path.isdir(root) else []
+  return sorted(int(d) for d in names
+                if d.isdigit() and os.path.exists(os.path.join(root, d, file)))
+
+
+def check_members(workdir, found, allow_partial=False):
+  """Whether the members found (ids) are the whole run. A run without summary.json is
+  unfinished; a finished run lacking a member of summary.json is damaged. Either is refused
+  unless `allow_partial`; then the returned note says what is used ('' for a whole run)."""
+  listed = ','.join(map(str, found)) or 'none'
+  if not os.path.isfile(os.path.join(workdir, 'summary.json')):
+    if allow_partial:
+      return f'partial run {workdir}: members {listed} (the run has not finished)'
+    raise UserError(f'{workdir} holds an unfinished run (no summary.json; members {listed} '
+                    'finished); run its training command again to finish it, or pass '
+                    '--allow-partial to use the finished members')
+  summary = read_json(os.path.join(workdir, 'summary.json'))
+  try:
+    expected = [int(m['member']) for m in summary['members']]
+  except (KeyError, TypeError, ValueError):
+    raise UserError(f"{os.path.join(workdir, 'summary.json')} is damaged (no member list); "
+                    'restore it, or delete it and run the training command again') from None
+  missing = [m for m in expected if m not in found]
+  if not missing:
+    return ''
+  if allow_partial:
+    return (f'partial run {workdir}: members {listed} of {",".join(map(str, expected))} '
+            f'(missing {",".join(map(str, missing))})')
+  raise UserError(f'member {",".join(map(str, missing))} of {workdir} is missing (summary.json '
+                  f'lists {",".join(map(str, expected))}); pass --members {listed} to use the '
+                  'others (--allow-partial for analyze and the export), or train the run again '
+                  'with --config.overwrite=True')
 
 
 def read_events(workdir, event=None):

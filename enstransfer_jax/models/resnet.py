@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from enstransfer_jax.models.batchnorm import BatchNorm
+from enstransfer_jax.models.cpu_ops import Conv2d, max_pool
 
 # Top-level modules in forward order; stop_gradient_after / frozen_bn / the
 # reference's freeze_layers use these names.
@@ -73,9 +74,8 @@ def wide_dtype(dtype):
 
 
 def _conv(features, kernel, stride, pad, dtype, name):
-  return nn.Conv(features, (kernel, kernel), (stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                 param_dtype=wide_dtype(dtype), kernel_init=conv_kernel_init, name=name)
+  return Conv2d(features, kernel, stride, pad, dtype=dtype, param_dtype=wide_dtype(dtype),
+                kernel_init=conv_kernel_init, name=name)
 
 
 class Downsample(nn.Module):
@@ -192,7 +192,7 @@ class ResNet(nn.Module):
     x = cut('conv1', _conv(self.width, 7, 2, 3, self.dtype, 'conv1')(x))
     x = cut('bn1', BatchNorm(dtype=self.dtype, name='bn1')(x, frozen('bn1'), mask))
     x = cut('relu', nn.relu(x))
-    x = cut('maxpool', nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))))
+    x = cut('maxpool', max_pool(x, 3, 2, 1))
     features = []
     for i, size in enumerate(self.stage_sizes):
       name = f'layer{i + 1}'

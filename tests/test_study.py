@@ -201,6 +201,11 @@ def test_run_study_files_and_report_against_numpy(tmp_path):
     u, v = flat(params[int(q['member_i']) - 1]), flat(params[int(q['member_j']) - 1])
     np.testing.assert_allclose(float(q['cosine']), u @ v / np.linalg.norm(u) / np.linalg.norm(v),
                                rtol=1e-12)
+  first = [q for q in pairs if q['member_i'] == '1']
+  np.testing.assert_allclose(res['raw_weight_cosine']['correlation_with_first'],
+                             scipy.stats.pearsonr([float(q['cosine']) for q in first],
+                                                  [float(q['diversity']) for q in first])[0],
+                             rtol=1e-9)
   # Figure 6.1 / Table 6.1: the C(4, 2) = 6 ensembles of 3 with member 1.
   subs = read('subensembles.csv')
   combos = [(0,) + c for c in itertools.combinations(range(1, 5), 2)]

@@ -2,7 +2,8 @@
 
 References: torchvision's RandomResizedCrop.get_params written out below as its source loops
 (same uniforms, try by try), PIL's antialiased resize of the decoded crop (what torchvision's
-resized_crop of an image computes), and the padded batch layout of batches.padded_indices.
+resized_crop of an image computes), PIL's decode of the whole JPEG (the crop-only decode must
+give its pixels), and the padded batch layout of batches.padded_indices.
 """
 
 import io
@@ -98,6 +99,31 @@ def test_decode_crop_resize_equals_pil_resized_crop(interpolation):
     assert got.dtype == np.uint8 and got.shape == (24, 24, 3)
     want = _pil_resized_crop(image, box, 24, interpolation)
     assert np.abs(got.astype(float) - want).max() <= 1, box  # float rounding at .5
+
+
+def _jpeg(image, **kwargs):
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format='JPEG', quality=90, **kwargs)
+  return buf.getvalue()
+
+
+@pytest.mark.parametrize('kwargs', [{}, {'subsampling': 0}, {'progressive': True}],
+                         ids=['420', '444', 'progressive'])
+def test_jpeg_crop_decode_equals_the_full_decode_crop(kwargs):
+  """Only the box is decoded, and its pixels are the full decode's (PIL's decoder, the
+  reference's); the output is PIL's resize of that crop to its float rounding."""
+  rng = np.random.default_rng(4)
+  encoded = _jpeg(_smooth_image(rng, 75, 101), **kwargs)
+  full = np.asarray(Image.open(io.BytesIO(encoded)).convert('RGB'))
+  boxes = [(0, 0, 75, 101), (5, 3, 40, 55), (17, 9, 58, 92), (1, 1, 1, 1), (70, 95, 5, 6),
+           (33, 47, 21, 13), (8, 16, 16, 16)]  # off and on the 8 / 16 px block grid, edges
+  for box in boxes:
+    top, left, h, w = box
+    crop = hp.decode_crop(encoded, np.array(box)).numpy()
+    np.testing.assert_array_equal(crop, full[top:top + h, left:left + w], err_msg=str(box))
+    got = hp.decode_crop_resize(encoded, np.array(box), 24).numpy()
+    assert got.dtype == np.uint8 and got.shape == (24, 24, 3)
+    assert np.abs(got.astype(float) - _pil_resized_crop(full, box, 24)).max() <= 1, box
 
 
 def _encoded(rng, sizes):

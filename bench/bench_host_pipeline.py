@@ -1,12 +1,18 @@
 """Host crops (data/host_pipeline.py) against the train step that consumes them, and the memory.
 
-  python bench/bench_host_pipeline.py [--images 512 --batch 32 --workers 1,2 --steps 3]
+  python bench/bench_host_pipeline.py [--images 512 --batch 32 --workers 1,2 --steps 3
+                                       --repeat 3]
 
 Input: synthetic JPEGs (quality 90) of the sizes of Oxford pets / Food-101 images (500x375,
 375x500, 512x512, 800x600), kept encoded in host memory as datasets.load_dataset keeps a
 variable-size training split; every epoch the pipeline decodes each, cuts a RandomResizedCrop
 box and resizes it to 224 px (antialiased bilinear). Measured: images/s of one epoch per
-number of tf.data threads (after the first batch), the host memory the encoded images hold
+number of tf.data threads (after the first batch; 0 = one per core), side by side with the
+previous pipeline (whole-image decode with TF's default fast IDCT, crop, TF's antialiased resize)
+in alternating epochs, each rate as wall-clock images/s and as images per CPU-second of the
+process (what one thread of an unloaded core would do; on a shared machine the wall rate
+counts other programs' time too), the load average beside them, the host memory the encoded
+images hold
 (bytes and the process's RSS growth) beside the 256 x 256 images kept for evaluation, and the
 images/s of the engine's ResNet-50 train step at 224 px (flip + normalise of the host crops on
 the device) on the same machine.
@@ -56,16 +62,34 @@ def encoded_images(n, seed=0):
                                      np.array([w for _, w in sizes], np.int32))
 
 
-def pipeline_rate(images, batch, workers):
+def previous_decode_crop_resize(encoded, box, size, interpolation='bilinear'):
+  """The pipeline before crop-only decoding: whole decode (TF's default IDCT), crop, TF resize."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  box = tf.cast(box, tf.int32)
+  crop = image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
+  out = tf.image.resize(crop, (size, size), method=interpolation, antialias=True)
+  return tf.ensure_shape(tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8),
+                         (size, size, 3))
+
+
+def pipeline_rate(images, batch, workers, previous=False):
+  """(wall images/s, images per CPU-second of the process, peak RSS) of one epoch."""
   feed = host_pipeline.HostCrops(images, 224, workers=workers)
   order = batches.epoch_order(0, 1, 1, len(images.data))
-  it = feed.epoch(0, [1], 1, [order], batch)
-  next(it)  # the first batch includes tf.data's start-up
-  peak, start, count = _rss(), time.perf_counter(), 0
-  for out in it:
-    count += out.shape[1]
-    peak = max(peak, _rss())
-  return count / (time.perf_counter() - start), peak
+  real = host_pipeline.decode_crop_resize
+  if previous:
+    host_pipeline.decode_crop_resize = previous_decode_crop_resize
+  try:
+    it = feed.epoch(0, [1], 1, [order], batch)
+    next(it)  # the first batch includes tf.data's start-up
+    peak, start, cpu, count = _rss(), time.perf_counter(), time.process_time(), 0
+    for out in it:
+      count += out.shape[1]
+      peak = max(peak, _rss())
+    return (count / (time.perf_counter() - start), count / (time.process_time() - cpu), peak)
+  finally:
+    host_pipeline.decode_crop_resize = real
 
 
 def step_rate(batch, steps):
@@ -99,7 +123,10 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--images', type=int, default=512)
   p.add_argument('--batch', type=int, default=32)
-  p.add_argument('--workers', default='1,2', help='tf.data threads to try, comma-separated')
+  p.add_argument('--workers', default='1,2',
+                 help='tf.data threads to try, comma-separated (0 = one per core)')
+  p.add_argument('--repeat', type=int, default=3, help='epochs of each pipeline per thread count')
+  p.add_argument('--no-previous', action='store_true', help='skip the previous pipeline')
   p.add_argument('--steps', type=int, default=3, help='timed ResNet-50 steps (0 = skip)')
   args = p.parse_args()
   before = _rss()
@@ -110,9 +137,22 @@ def main():
         f'({images.nbytes / 2**20:.1f} MiB; RSS +{held / 2**20:.1f} MiB); the 256 x 256 '
         f'eval copies: {256 * 256 * 3 / 1024:.1f} KiB per image')
   for workers in (int(w) for w in args.workers.split(',')):
-    rate, peak = pipeline_rate(images, args.batch, workers)
-    print(f'host crops 224 px, {workers} thread(s), batch {args.batch}: {rate:.0f} images/s '
-          f'(peak RSS {peak / 2**20:.0f} MiB)')
+    threads = workers or os.cpu_count()
+    runs = {'new': [], 'previous': []}
+    for _ in range(args.repeat):  # alternating, so both see the same load
+      for name in (('new',) if args.no_previous else ('new', 'previous')):
+        runs[name].append(pipeline_rate(images, args.batch, workers, name == 'previous'))
+    for name, got in runs.items():
+      if not got:
+        continue
+      wall, cpu = max(g[0] for g in got), max(g[1] for g in got)
+      print(f'host crops 224 px, {name:8s} pipeline, {threads} thread(s), batch {args.batch}: '
+            f'{wall:.0f} images/s wall, {cpu:.0f} images per CPU-second (best of '
+            f'{len(got)}; peak RSS {max(g[2] for g in got) / 2**20:.0f} MiB; load '
+            f'{os.getloadavg()[0]:.1f})', flush=True)
+    if runs['previous']:
+      ratio = lambda i: max(g[i] for g in runs['new']) / max(g[i] for g in runs['previous'])
+      print(f'  new / previous: {ratio(0):.2f}x wall, {ratio(1):.2f}x per CPU-second')
   if args.steps:
     print(f'ResNet-50 train step, 224 px, batch {args.batch}, {jax.devices()[0].device_kind}: '
           f'{step_rate(args.batch, args.steps):.1f} images/s')

@@ -11,10 +11,9 @@ Decoding only the box: JPEGs go through tf.io.decode_and_crop_jpeg, which skips 
 DCT and colour conversion of the columns outside the box and stops after its last row; its
 pixels are those of the whole decoded image's crop (the box is widened by one 16 px iMCU on
 each side and cut after decoding, so the chroma upsampling at its edges sees the same
-neighbours as in the full decode), decoded with the
-accurate integer IDCT as PIL decodes them: the crop equals PIL's whole decode's, pixel for pixel
-(TF's default fast IDCT, used before, was up to 5 levels off). Other formats (PNG) are
-decoded whole and cut. Reduced-scale (DCT-domain 1/2, 1/4, 1/8) decoding is not used: its
+neighbours as in the full decode), with the accurate integer IDCT as PIL decodes: the crop
+equals PIL's whole decode's, pixel for pixel (TF's default fast IDCT, used before, was up to 5
+levels off). Other formats (PNG) are decoded whole and cut. Reduced-scale (DCT-domain 1/2, 1/4, 1/8) decoding is not used: its
 pixels are not those of the full decode, and on quality-90 photos it saves little, since the
 entropy decoding of every row above the box's bottom, which no method skips, is most of the
 cost. The parallel map runs on tf.data's C++ thread pool (`workers` threads); decoding holds
@@ -124,7 +123,7 @@ def decode_crop(encoded, box):
     return image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
   def jpeg():  # libjpeg's accurate integer IDCT, as PIL decodes (TF's default is the fast one)
     # The box grown by one 16 px iMCU on each side (within the image): the chroma upsampling
-    # at the box's right and bottom edges then sees the neighbours the full decode sees.
+    # at its edges then sees the neighbours the full decode sees.
     shape = tf.io.extract_jpeg_shape(encoded)[:2]
     lo = tf.maximum(box[:2] - _MARGIN, 0)
     hi = tf.minimum(box[:2] + box[2:] + _MARGIN, shape)

@@ -22,6 +22,8 @@ Variants (name: lowering of the convolutions, extra XLA flags):
 
 --threads N: torch.set_num_threads(N), and for N = 1 XLA's --xla_cpu_multi_thread_eigen=false
 (one compute thread on both sides; 0 = each library's default, all cores).
+--layers: instead, each convolution shape of ResNet18 at 32 px alone (forward + both gradients,
+batch --batch) under the 'xla' and 'im2col' lowerings.
 --profile: after the timed rounds, one jax.profiler trace of 3 JAX steps and one torch.profiler
 run of 3 torch steps, summed per step into: convolution forward, gradient wrt the convolution's
 input, gradient wrt its weights, BatchNorm forward / backward, the augmentation, the optimizer,
@@ -56,7 +58,8 @@ VARIANTS = {
     'xla+onednn': ('xla', '--xla_cpu_use_onednn=true'),
     'cpu+onednn': ('cpu', '--xla_cpu_use_onednn=true'),
     'cpu+xnn-dot': ('cpu', '--xla_cpu_experimental_xnn_fusion_type=dot'),
-    'cpu+ynn-off': ('cpu', '--xla_cpu_experimental_ynn_fusion_type=-dot'),
+    'cpu+ynn-off': ('cpu', '--xla_cpu_experimental_ynn_fusion_type='),
+    'cpu+ynn-conv': ('cpu', '--xla_cpu_experimental_ynn_fusion_type=+individual_convolution'),
     'cpu+1thread': ('cpu', '--xla_cpu_multi_thread_eigen=false'),
     'xla+nchw': ('xla-nchw', ''),
 }
@@ -290,6 +293,45 @@ def run_variant(args):
   print(_MARK + json.dumps(record), flush=True)
 
 
+def run_layers(args):
+  """--layers: each convolution shape of ResNet18 at 32 px, forward + both gradients, under
+  the 'xla' and 'im2col' lowerings (median of 5 after one call; --threads 1 as above)."""
+  if args.threads == 1:
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                               ' --xla_cpu_multi_thread_eigen=false').strip()
+  sys.path.insert(0, ROOT)
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.models import cpu_ops  # pylint: disable=g-import-not-at-top
+  w = args.width
+  shapes = [('conv1 (stem) 7x7/2', 32, 3, w, 7, 2, 3), ('layer1 3x3/1', 8, w, w, 3, 1, 1),
+            ('layer2.0.conv1 3x3/2', 8, w, 2 * w, 3, 2, 1),
+            ('layer2.0.downsample 1x1/2', 8, w, 2 * w, 1, 2, 0),
+            ('layer2 3x3/1', 4, 2 * w, 2 * w, 3, 1, 1),
+            ('layer3.0.conv1 3x3/2', 4, 2 * w, 4 * w, 3, 2, 1),
+            ('layer3 3x3/1', 2, 4 * w, 4 * w, 3, 1, 1),
+            ('layer4.0.conv1 3x3/2', 2, 4 * w, 8 * w, 3, 2, 1),
+            ('layer4 3x3/1', 1, 8 * w, 8 * w, 3, 1, 1),
+            ('layer4.0.downsample 1x1/2', 2, 4 * w, 8 * w, 1, 2, 0)]
+  print(f'{"convolution":<28}{"input":>12}{"xla ms":>10}{"im2col ms":>11}{"xla/im2col":>12}')
+  for name, h, cin, cout, k, stride, pad in shapes:
+    x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, h, h, cin))
+    kernel = 0.05 * jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
+    ms = []
+    for fn in (cpu_ops.conv_xla, cpu_ops.conv_im2col):
+      grad = jax.jit(jax.value_and_grad(
+          lambda a, b, fn=fn: jnp.sum(fn(a, b, stride, pad) ** 2), (0, 1)))
+      jax.block_until_ready(grad(x, kernel))
+      times = []
+      for _ in range(5):
+        start = time.perf_counter()
+        jax.block_until_ready(grad(x, kernel))
+        times.append(time.perf_counter() - start)
+      ms.append(1e3 * statistics.median(times))
+    print(f'{name:<28}{f"{h}x{h}x{cin}":>12}{ms[0]:>10.2f}{ms[1]:>11.2f}{ms[0] / ms[1]:>12.2f}',
+          flush=True)
+
+
 # ----- the parent -----
 
 def _child(variant, args):
@@ -320,6 +362,8 @@ def _parse(argv):
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--threads', type=int, default=0, help='compute threads (0: defaults)')
   p.add_argument('--profile', action='store_true')
+  p.add_argument('--layers', action='store_true',
+                 help='time each convolution shape under both lowerings instead')
   p.add_argument('--json', help='also write the records to this file')
   p.add_argument('--variant', choices=list(VARIANTS), help=argparse.SUPPRESS)  # the child
   args = p.parse_args(argv)
@@ -338,6 +382,11 @@ def main(argv=None):
   args = _parse(argv)
   if args.variant:
     run_variant(args)
+    return
+  if args.layers:
+    print(f'python bench/bench_cpu_step.py {" ".join(sys.argv[1:])}; load '
+          f'{os.getloadavg()[0]:.1f}', flush=True)
+    run_layers(args)
     return
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top

@@ -153,8 +153,9 @@ def test_raw_weight_cosine_and_correlation_against_numpy():
 
 
 
-def test_run_study_files_and_report_against_numpy(tmp_path):
+def test_run_study_files_and_report_against_numpy(tmp_path, monkeypatch):
   """study.run_study / write_files / report_lines, as analyze calls them, on 5 members."""
+  monkeypatch.setattr(subensembles, 'BOOTSTRAP', 10)  # the band's refits: not checked here
   from enstransfer_jax.analysis import similarity  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(6)
@@ -230,8 +231,9 @@ def test_run_study_files_and_report_against_numpy(tmp_path):
   study.run_study(res2, config, probs[:2], labels, params[:2], 3)
   assert 'subensembles' not in res2 and 'fewer than K = 3' in res2['notes'][0]
 
-def test_pooled_over_runs_against_numpy(tmp_path):
+def test_pooled_over_runs_against_numpy(tmp_path, monkeypatch):
   """Figure 6.2 over every pair of every run, Table 6.1 of a method's runs pooled."""
+  monkeypatch.setattr(subensembles, 'BOOTSTRAP', 10)
   rng = np.random.default_rng(5)
   runs, all_pairs, all_rows = [], [], []
   for k, name in enumerate(('starsse', 'starsse', 'local_de')):
@@ -263,3 +265,17 @@ def test_pooled_over_runs_against_numpy(tmp_path):
                              100 * all_rows[ranked[-1]]['ensemble_acc'])
   np.testing.assert_allclose(float(table[0]['diversity_mean']), all_rows[ranked[0]]['diversity'])
   assert os.path.getsize(files['subensembles.png']) > 0
+
+
+def test_subensemble_option_and_bad_values():
+  from enstransfer_jax import analyze  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.analysis import pipeline  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  assert pipeline.Options().subensembles == 5
+  assert analyze.parse_args(['w', '--subensembles', '3']).subensembles == 3
+  pipeline.Options(subensembles=0).check()  # 0: no study
+  for bad in (1, -2):
+    with pytest.raises(UserError, match='subensembles must be 0'):
+      pipeline.Options(subensembles=bad).check()
+  with pytest.raises(UserError, match='need at least 6 members'):
+    subensembles.study(*_fake_probs(5), 6)

@@ -29,6 +29,7 @@ from enstransfer_jax import metrics
 from enstransfer_jax.errors import UserError
 
 FRACTION = 0.05  # the thesis's "worst 5 %" / "best 5 %"
+BOOTSTRAP = 200  # refits of the SVM line for its 95 % band
 
 
 def fixes_first(config):
@@ -122,7 +123,7 @@ def _fit_line(x, y, labels):
   return float(a), float(b), float(c0 - np.sum(w * mu / sd)), svm, (feats - mu) / sd
 
 
-def separating_line(rows, bootstrap=200, grid=50, seed=0):
+def separating_line(rows, bootstrap=None, grid=50, seed=0):
   """{'coef_acc', 'coef_div', 'intercept' (the line coef_acc * acc% + coef_div * div +
   intercept = 0), 'train_accuracy', 'x' (grid of mean member acc %), 'y', 'y_low', 'y_high'
   (the line's diversity on the grid and its 95 % bootstrap band)} or None when the halves
@@ -142,7 +143,7 @@ def separating_line(rows, bootstrap=200, grid=50, seed=0):
   line = lambda a_, b_, c_: -(a_ * xs + c_) / b_ if b_ != 0 else np.full_like(xs, np.nan)
   rng = np.random.default_rng(seed)
   boot = []
-  for _ in range(bootstrap):
+  for _ in range(BOOTSTRAP if bootstrap is None else bootstrap):
     idx = rng.integers(0, len(lab), len(lab))
     if lab[idx].min() == lab[idx].max():
       continue

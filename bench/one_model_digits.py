@@ -8,7 +8,8 @@ For every finished run DIR/<method>/seed=S: the distilled student (enstransfer_j
 in the run's distill/, made once), then the one-model analysis (analysis/one_model.py: the
 ensemble, both soups, the student and member 1 on the evaluation split; OOD against digits 0-4,
 the classes of the task's pre-training; no basin, no RTD). Per method and model: the mean over
-seeds and its 95% t-interval (mean +- t_{0.975, n-1} sd / sqrt(n)); the per-run rows go to
+seeds and its 95% t-interval (mean +- t_{0.975, n-1} sd / sqrt(n)), also of the paired
+difference from the same run's ensemble (accuracy, NLL); the per-run rows go to
 DIR/one_model_runs.csv and the table to DIR/one_model.md.
 """
 
@@ -34,7 +35,7 @@ def interval(values, scale, spec):
   if len(v) < 2:
     return format(v.mean(), spec)
   half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-  return f'{format(v.mean(), spec)} +- {format(half, spec)}'
+  return f"{format(v.mean(), spec)} +- {format(half, spec.lstrip('+'))}"
 
 
 def main(argv=None):
@@ -45,6 +46,8 @@ def main(argv=None):
   p.add_argument('--temperature', type=float, default=1.0)
   p.add_argument('--alpha', type=float, default=1.0)
   p.add_argument('--ood', default='digits:0,1,2,3,4')
+  p.add_argument('--reuse', action='store_true',
+                 help='read the one-model rows of an analysis already in <run>/analysis')
   args = p.parse_args(argv)
   runs = []
   for method in sorted(os.listdir(args.out)):
@@ -60,9 +63,13 @@ def main(argv=None):
     t0 = time.time()
     distill.distill(w, epochs=args.epochs, temperature=args.temperature, alpha=args.alpha)
     t1 = time.time()
-    opts = pipeline.Options(basin=False, rtd_points=0, rtd_batch=0, grid=0, ood=args.ood,
-                            progress=False)
-    res = pipeline.analyze_run(w, os.path.join(w, 'analysis'), opts)
+    done = os.path.join(w, 'analysis', 'analysis.json')
+    if args.reuse and os.path.isfile(done):
+      res = pipeline.read_json(done)
+    else:
+      opts = pipeline.Options(basin=False, rtd_points=0, rtd_batch=0, grid=0, ood=args.ood,
+                              progress=False)
+      res = pipeline.analyze_run(w, os.path.join(w, 'analysis'), opts)
     print(f'{method} {seed}: distilled in {t1 - t0:.0f} s, analysed in '
           f'{time.time() - t1:.0f} s; greedy soup of members '
           f"{res['one_model']['greedy_members']}", flush=True)
@@ -75,12 +82,18 @@ def main(argv=None):
       sel = [r for r in rows if r['method'] == method and r['model'] == model]
       if not sel:
         continue
+      ens = {r['seed']: r for r in rows if r['method'] == method and r['model'] == 'ensemble'}
+      paired = [r['acc'] - ens[r['seed']]['acc'] for r in sel]
       table.append({'method': method, 'model': model, 'runs': len(sel),
                     'networks': sel[0]['networks'],
+                    'acc_vs_ensemble': interval(paired, 100.0, '+.2f'),
+                    'nll_vs_ensemble': interval(
+                        [r['nll'] - ens[r['seed']]['nll'] for r in sel], 1.0, '+.3f'),
                     **{k: interval([r.get(k, np.nan) for r in sel], s, f)
                        for k, s, f in VALUES}})
   cols = [('method', 'method'), ('model', 'model'), ('networks', 'networks / image'),
-          ('runs', 'seeds'), ('acc', 'acc (%)'), ('nll', 'NLL'), ('ece', 'ECE'),
+          ('runs', 'seeds'), ('acc', 'acc (%)'), ('acc_vs_ensemble', 'acc - ensemble (pts)'),
+          ('nll', 'NLL'), ('nll_vs_ensemble', 'NLL - ensemble'), ('ece', 'ECE'),
           ('ece_tempered', 'ECE, T-scaled'), ('aurc', 'AURC'),
           ('ood_auroc', 'OOD AUROC (entropy)')]
   text = report.markdown_table(table, cols, {c: str for c, _ in cols})

@@ -194,3 +194,29 @@ def test_distill_bad_inputs(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and message in err and len(err.splitlines()) == 1, err
   assert sorted(os.listdir(run)) == ['config.json', 'members', 'run_info.json', 'summary.json']
+
+
+def test_greedy_soup_held_out_split():
+  """use_test=False: the run's validation split itself; use_test=True: a stratified 10% of
+  the training split (class counts proportional, sklearn's stratified draw, seed 42)."""
+  import dataclasses
+  import ml_collections
+  from sklearn import model_selection
+  from enstransfer_jax.analysis import one_model
+
+  @dataclasses.dataclass
+  class Data:
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+  labels = np.repeat(np.arange(4), [40, 30, 20, 10])
+  data = Data(np.arange(100)[:, None], labels, np.arange(7)[:, None], np.arange(7) % 2)
+  x, y, what = one_model.held_out(ml_collections.ConfigDict({'use_test': False}), data)
+  assert x is data.test_images and y is data.test_labels and 'validation split' in what
+  x, y, what = one_model.held_out(ml_collections.ConfigDict({'use_test': True}), data)
+  _, expected = model_selection.train_test_split(np.arange(100), test_size=10, stratify=labels,
+                                                 random_state=42)
+  np.testing.assert_array_equal(np.sort(x[:, 0]), np.sort(expected))
+  np.testing.assert_array_equal(np.bincount(y), [4, 3, 2, 1])
+  assert 'training split' in what and '10 images' in what

@@ -193,12 +193,19 @@ def test_corrupt_progress_save_falls_back_to_the_previous_intact_one(tmp_path, c
 def test_nan_message_names_the_member_whose_value_is_not_finite():
   from types import SimpleNamespace  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training import stage as stage_lib  # pylint: disable=g-import-not-at-top
-  stage = [SimpleNamespace(index=2), SimpleNamespace(index=3)]
+  stage = [SimpleNamespace(index=2, init='pretrained'), SimpleNamespace(index=3, init='pretrained')]
   with pytest.raises(FloatingPointError) as info:
     stage_lib._check_finite({'loss': np.array([1.465, np.nan]), 'ce': np.array([1.4, np.inf])},  # pylint: disable=protected-access
                             stage, 1, 7)
   assert str(info.value) == ('loss became nan at member 2,3 (member 3), epoch 1, step 7; lower '
                              'lr or check the data; the members saved so far are kept')
+  stage = [SimpleNamespace(index=2, init='first')]  # a StarSSE member: it trains with fge_lr
+  with pytest.raises(FloatingPointError) as info:
+    stage_lib._check_finite({'loss': np.array([np.inf])}, stage, 2, None)  # pylint: disable=protected-access
+  assert str(info.value) == (
+      'loss became inf at member 2, epoch 2 (epoch mean); lower fge_lr or check the data; the '
+      'members saved so far are kept (a rerun with another fge_lr needs a new --workdir, where '
+      'member 1 is retrained bit-identically)')
 
 
 # Damaged or unfinished runs are refused unless the user asks for the members there.

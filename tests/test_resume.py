@@ -90,7 +90,7 @@ def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('whole'))
   with _faults() as count:
     run_experiment(engine_util.tiny_config(**OVERRIDES), workdir)
-  return _outputs(workdir) + (len(count),)
+  return _outputs(workdir) + (len(count), workdir)
 
 
 def _run_and_signal(workdir, signal_name, at_call, second=False):
@@ -150,7 +150,7 @@ def test_interrupted_run_resumes_to_identical_outputs(tmp_path, uninterrupted, s
     assert position['stage'] == 1  # killed inside the parallel stage of members 2 and 3
   run_experiment(engine_util.tiny_config(**OVERRIDES), workdir)
   summary, probs, lines = _outputs(workdir)
-  ref_summary, ref_probs, ref_lines, _ = uninterrupted
+  ref_summary, ref_probs, ref_lines = uninterrupted[:3]
   assert summary == ref_summary
   for p, q in zip(probs, ref_probs):
     np.testing.assert_array_equal(p, q)
@@ -182,7 +182,7 @@ def test_run_stopped_at_random_points_resumes_to_the_same_files(tmp_path, uninte
   record before the first progress save; the last record and summary.json); the stops after
   it are random."""
   rng = np.random.default_rng(seed)
-  *reference, events = uninterrupted
+  *reference, events, _ = uninterrupted
   workdir = str(tmp_path / 'run')
   stops = []
   for _ in range(3):
@@ -237,3 +237,21 @@ def test_full_disk_during_a_progress_save_keeps_the_last_save_and_resumes(tmp_pa
   for p, q in zip(probs, uninterrupted[1]):
     np.testing.assert_array_equal(p, q)
   assert lines == uninterrupted[2]
+
+
+def test_lower_fge_lr_goes_to_a_new_workdir_where_member_1_is_the_same(tmp_path, uninterrupted):
+  """A NaN in member 2 is mended with a lower fge_lr: refused in the old work dir (its members
+  were trained with the old one), and in a new work dir member 1 comes out bit-identical."""
+  workdir = uninterrupted[-1]
+  config = engine_util.tiny_config(**dict(OVERRIDES, fge_lr=0.03))
+  with pytest.raises(ValueError) as info:
+    run_experiment(config, workdir)
+  assert str(info.value).endswith(
+      'choose another --workdir or pass --config.overwrite=True (in another --workdir member 1 '
+      'is retrained bit-identically and the finished members here are kept)')
+  new = str(tmp_path / 'lower_fge_lr')
+  run_experiment(config, new)
+  np.testing.assert_array_equal(np.load(os.path.join(new, 'members', '1', 'test_probs.npy')),
+                                uninterrupted[1][0])
+  assert not np.array_equal(np.load(os.path.join(new, 'members', '2', 'test_probs.npy')),
+                            uninterrupted[1][1])

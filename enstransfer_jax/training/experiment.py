@@ -77,9 +77,12 @@ def check_workdir(config, workdir):
   if diff:
     if not _started(workdir) and not os.path.exists(os.path.join(workdir, 'summary.json')):
       return False  # nothing trained yet: the new config takes the work dir over
+    fge_only = all(k.startswith('fge_') for k in diff)  # what members 2..K train with
     raise UserError(f'work dir {workdir} holds a run with a different config ({diff[0]}: '
                     f'{old.get(diff[0])!r} there, {cfg.get(diff[0])!r} here); choose another '
-                    '--workdir or pass --config.overwrite=True')
+                    '--workdir or pass --config.overwrite=True'
+                    + (' (in another --workdir member 1 is retrained bit-identically and the '
+                       'finished members here are kept)' if fge_only else ''))
   return os.path.exists(os.path.join(workdir, 'summary.json'))
 
 

@@ -286,7 +286,10 @@ def _check_finite(host, stage, epoch, gstep):
     values = np.ravel(host[bad[0]])
     j = int(np.flatnonzero(~np.isfinite(values))[0])  # the member whose value is not finite
     which = f' (member {stage[j].index})' if len(values) == len(stage) > 1 else ''
+    cycle = plan_lib.is_cycle(stage[0])  # SSE / StarSSE members 2..K train with fge_lr
     raise FloatingPointError(
         f'{bad[0]} became {values[j]} at member '
-        f'{",".join(str(m.index) for m in stage)}{which}, epoch {epoch}{where}; lower lr or '
-        'check the data; the members saved so far are kept')
+        f'{",".join(str(m.index) for m in stage)}{which}, epoch {epoch}{where}; lower '
+        f'{"fge_lr" if cycle else "lr"} or check the data; the members saved so far are kept'
+        + (' (a rerun with another fge_lr needs a new --workdir, where member 1 is retrained '
+           'bit-identically)' if cycle else ''))

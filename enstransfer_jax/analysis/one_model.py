@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from enstransfer_jax import checkpoints, distill, metrics
+from enstransfer_jax import checkpoints, distill, metrics, models
 from enstransfer_jax.analysis import calibration, evaluate, ood, selective, soup
 from enstransfer_jax.training import workdir as wd
 
@@ -57,14 +57,16 @@ def write_model_dir(path, workdir, variables, probs, labels, metric, what):
   info = {**info, 'name': f"{info.get('name', 'run')} {what}", 'derived_from': workdir,
           'derived': what}
   os.makedirs(path, exist_ok=True)
-  wd.write_json(os.path.join(path, 'config.json'),
-                wd.read_json(os.path.join(workdir, 'config.json')))
+  config = wd.read_json(os.path.join(workdir, 'config.json'))
+  wd.write_json(os.path.join(path, 'config.json'), config)
   wd.write_json(os.path.join(path, 'run_info.json'), info)
   wd.save_npy(os.path.join(path, 'test_labels.npy'), np.asarray(labels, np.int32))
   desc = checkpoints.describe(variables)
-  wd.save_member(path, 1, variables, probs, {'arch': desc.get('architecture'), 'member': 1,
-                                             'num_classes': int(desc['num_classes']),
-                                             'source': workdir, 'derived': what})
+  arch = desc.get('architecture') or info.get('model')
+  wd.save_member(path, 1, variables, probs, {
+      'arch': arch, 'member': 1, 'num_classes': int(desc['num_classes']), 'source': workdir,
+      'derived': what, **({'image_size': int(config['image_size'])}
+                          if arch and models.is_swin(arch) else {})})
   summary = metrics.ensemble_summary([np.asarray(probs, np.float32)], labels, metric)
   wd.write_json(os.path.join(path, 'summary.json'), {**summary, 'name': info['name'],
                                                      'workdir': path})

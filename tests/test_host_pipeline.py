@@ -180,7 +180,8 @@ def test_boxes_reach_beyond_the_central_square():
 
 def test_load_dataset_keeps_whole_encoded_train_images_for_imagenet():
   config = ml_collections.ConfigDict(dict(dataset='dtd', data_dir='', use_test=True,
-                                          class_subset=(), transform_name='imagenet'))
+                                          class_subset=(), transform_name='imagenet',
+                                          train_per_class=0))
   with tfds.testing.mock_data(num_examples=4):
     raw = list(tfds.as_numpy(tfds.load('dtd', split='train+validation', shuffle_files=False)))
     splits = datasets.load_dataset(config, load_size=16)
@@ -188,7 +189,14 @@ def test_load_dataset_keeps_whole_encoded_train_images_for_imagenet():
     plain = datasets.load_dataset(config, load_size=16)
   enc = splits.train_encoded
   assert plain.train_encoded is None and len(enc.data) == len(splits.train_labels) == len(raw)
+  # No second copy: the 16 x 16 evaluation images decode when read, equal to those decoded
+  # on load by the other transforms.
+  assert isinstance(splits.train_images, hp.DecodedImages)
+  assert splits.train_images.nbytes == enc.nbytes and splits.train_images.shape == (4, 16, 16, 3)
   np.testing.assert_array_equal(splits.train_images, plain.train_images)
+  np.testing.assert_array_equal(splits.train_images[[3, 0, 3]], plain.train_images[[3, 0, 3]])
+  np.testing.assert_array_equal(splits.train_images[1], plain.train_images[1])
+  np.testing.assert_array_equal(splits.train_images[1:3, 0], plain.train_images[1:3, 0])
   for ex, data, h, w, label in zip(raw, enc.data, enc.heights, enc.widths, splits.train_labels):
     assert (h, w) == ex['image'].shape[:2] and label == ex['label']
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data)).convert('RGB')),

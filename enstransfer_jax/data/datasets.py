@@ -26,7 +26,8 @@ of classes, the metric of the dataset (as the reference's DS_TO_METRIC_AND_N_CLA
   load_size x load_size (the eval transform's input, and the train images of the 'none' and
   'cifar' transforms). With transform_name 'imagenet' their training split also keeps the
   encoded whole images (`train_encoded`), from which data/host_pipeline.py cuts the train
-  crops, as the reference's RandomResizedCrop does. Not in TFDS (4.9.10): aircraft, chestx,
+  crops, as the reference's RandomResizedCrop does; its load_size images are then not held
+  but decoded when read (`train_images` is a host_pipeline.DecodedImages). Not in TFDS (4.9.10): aircraft, chestx,
   cinic10, isic.
 * Validation (use_test=False) and missing test splits are carved with sklearn's stratified
   train_test_split, random_state 42 (the reference's TRAIN_TEST_SPLIT_RANDOM_STATE), in the
@@ -72,7 +73,7 @@ class DataError(OSError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DataSplits:
-  train_images: np.ndarray  # uint8 [N, H, W, 3]
+  train_images: np.ndarray  # uint8 [N, H, W, 3] (a DecodedImages with train_encoded)
   train_labels: np.ndarray  # int32 [N]
   test_images: np.ndarray  # the evaluation split: official test or validation
   test_labels: np.ndarray
@@ -186,8 +187,11 @@ def split_per_class(labels, first_per_class, seed=SPLIT_RANDOM_STATE, names=None
 
 def _take(split, idx):
   """The examples idx of a split (a dict of arrays aligned on their first axis)."""
-  return {k: v.take(idx) if isinstance(v, host_pipeline.EncodedImages) else v[idx]
-          for k, v in split.items()}
+  def take(v):
+    if isinstance(v, host_pipeline.DecodedImages):  # still encoded: no decode here
+      return host_pipeline.DecodedImages(v.encoded.take(idx), v.load_size)
+    return v.take(idx) if isinstance(v, host_pipeline.EncodedImages) else v[idx]
+  return {k: take(v) for k, v in split.items()}
 
 
 def _carve(split, sizes):
@@ -384,21 +388,17 @@ def _read_split(builder, split, load_size, keep_encoded=False, name_key=''):
   def prepare(example):
     image = example['image']
     out = {'labels': tf.cast(example['label'], tf.int32)}
-    if keep_encoded:  # decoded here as TFDS decodes its Image feature
-      out['encoded'] = image
-      image = tf.io.decode_image(image, channels=3, expand_animations=False)
-      out['heights'], out['widths'] = tf.shape(image)[0], tf.shape(image)[1]
     if name_key:
       out['names'] = example[name_key]
+    if keep_encoded:  # the encoded bytes and their size only: evaluation decodes on the fly
+      out['encoded'] = image
+      shape = tf.cond(tf.io.is_jpeg(image), lambda: tf.io.extract_jpeg_shape(image)[:2],
+                      lambda: tf.shape(tf.io.decode_image(image, channels=3,
+                                                          expand_animations=False))[:2])
+      out['heights'], out['widths'] = shape[0], shape[1]
+      return out
     if not fixed:
-      shape = tf.cast(tf.shape(image)[:2], tf.float32)
-      new = tf.cast(shape * (load_size / tf.reduce_min(shape)), tf.int32)  # truncated, as torch
-      new = tf.maximum(new, load_size)
-      image = tf.image.resize(image, new, method='bilinear', antialias=True)
-      top = tf.cast(tf.round(tf.cast(new[0] - load_size, tf.float32) / 2), tf.int32)
-      left = tf.cast(tf.round(tf.cast(new[1] - load_size, tf.float32) / 2), tf.int32)
-      image = image[top:top + load_size, left:left + load_size]
-      image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+      image = host_pipeline.center_resize(image, load_size)
     out['images'] = image
     return out
 
@@ -438,8 +438,11 @@ def _load_tfds(name, data_dir, use_test, load_size, keep_encoded):
       train, test = _carve(train, src.test_sizes)
     if not use_test:
       train, test = _carve_validation(train, src)
-  if 'encoded' in test:  # the evaluation split needs only the 256 x 256 images
+  if 'encoded' in test:  # carved from the training split: its 256 x 256 images, decoded
     test = {k: v for k, v in test.items() if k != 'encoded'}
+    test['images'] = np.asarray(host_pipeline.DecodedImages(test['encoded'], load_size))
+  if 'encoded' in train:  # no second copy: the 256 x 256 images decode when read
+    train['images'] = host_pipeline.DecodedImages(train['encoded'], load_size)
   return train, test, len(keep)
 
 
@@ -480,7 +483,9 @@ def load_dataset(config, *, load_size=LOAD_SIZE):
     train, test, num_classes = _apply_class_subset(train, test, config.class_subset, num_classes)
   if config.train_per_class:
     train = keep_per_class(train, int(config.train_per_class))
-  images = lambda split: np.ascontiguousarray(split['images'], np.uint8)
+  lazy = lambda images: isinstance(images, host_pipeline.DecodedImages)
+  images = lambda split: (split['images'] if lazy(split['images'])
+                          else np.ascontiguousarray(split['images'], np.uint8))
   labels = lambda split: np.asarray(split['labels'], np.int32)
   return DataSplits(images(train), labels(train), images(test), labels(test), num_classes,
                     dataset_metric(name), name, train_encoded=train.get('encoded'))

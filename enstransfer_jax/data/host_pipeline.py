@@ -60,6 +60,74 @@ class EncodedImages:
     return int(sum(len(b) for b in self.data)) + self.heights.nbytes + self.widths.nbytes
 
 
+def center_resize(image, load_size):
+  """TF: a decoded uint8 image -> uint8 [load_size, load_size, 3], the evaluation copy:
+  shorter side resized to load_size (longer side truncated, as torch), antialiased bilinear,
+  then the central square (offsets rounded)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  new = tf.cast(shape * (load_size / tf.reduce_min(shape)), tf.int32)  # truncated, as torch
+  new = tf.maximum(new, load_size)
+  image = tf.image.resize(image, new, method='bilinear', antialias=True)
+  top = tf.cast(tf.round(tf.cast(new[0] - load_size, tf.float32) / 2), tf.int32)
+  left = tf.cast(tf.round(tf.cast(new[1] - load_size, tf.float32) / 2), tf.int32)
+  image = image[top:top + load_size, left:left + load_size]
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+class DecodedImages:
+  """uint8 [N, S, S, 3], read like an array, decoded on the fly from EncodedImages: the
+  evaluation copies (center_resize) of a training split that keeps only its encoded images.
+  Indexing (an int, a slice, an index array) decodes those images on tf.data's threads;
+  np.asarray decodes them all."""
+
+  def __init__(self, encoded, load_size):
+    self.encoded = encoded
+    self.load_size = int(load_size)
+    self.shape = (len(encoded.data), self.load_size, self.load_size, 3)
+    self.dtype = np.dtype(np.uint8)
+    self.ndim = 4
+
+  def __len__(self):
+    return self.shape[0]
+
+  @property
+  def nbytes(self):
+    """Host memory held: the encoded bytes only."""
+    return self.encoded.nbytes
+
+  def _decode(self, idx):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    data, size = self.encoded.data, self.load_size
+    if not len(idx):
+      return np.zeros((0, size, size, 3), np.uint8)
+
+    def load(i):
+      encoded = tf.numpy_function(lambda j: data[j], [i], tf.string, stateful=False)
+      image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+      return tf.ensure_shape(center_resize(image, size), (size, size, 3))
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(idx, np.int64))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return np.concatenate(list(ds.batch(256).as_numpy_iterator()))
+
+  def __getitem__(self, key):
+    if isinstance(key, tuple):  # e.g. images[:, 0, 0, 0]: decode the rows, index the rest
+      return self[key[0]][(slice(None),) + key[1:]]
+    idx = np.arange(len(self))[key]
+    if np.ndim(idx) == 0:
+      return self._decode([int(idx)])[0]
+    return self._decode(idx.reshape(-1)).reshape(idx.shape + self.shape[1:])
+
+  def __iter__(self):
+    for lo in range(0, len(self), 256):
+      yield from self[lo:lo + 256]
+
+  def __array__(self, dtype=None, copy=None):
+    del copy
+    out = self[:]
+    return out if dtype is None else out.astype(dtype)
+
+
 def crop_boxes(u_area, u_ratio, u_top, u_left, heights, widths, scale=SCALE, ratio=RATIO):
   """int64 [N, 4] = (top, left, h, w) from uniforms in [0, 1): u_area, u_ratio [N, tries]
   (try t uses column t), u_top, u_left [N]; heights, widths [N] the images' sizes.

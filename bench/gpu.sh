@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The GPU benchmark in one command: prints the machine and library versions, then runs
-# bench/gpu_bench.py and keeps its table and log in one folder.
-#   bash bench/gpu.sh --out DIR [gpu_bench.py arguments, e.g. --rows b,f or --tiny]
-# DIR (default bench/out) receives gpu_bench.json and gpu_bench.log. Wheels found in .whl/
+# The GPU benchmark in one command: prints the machine and library versions, runs
+# bench/gpu_bench.py (train-step rows a b c d e g r s, the PyTorch reference rows f f-bf16, peak
+# memory per row), then the host crop pipeline (bench/bench_host_pipeline.py) at one thread and
+# at all cores, and keeps the tables and the log in one folder.
+#   bash bench/gpu.sh --out DIR [gpu_bench.py arguments, e.g. --rows b,f]
+#   bash bench/gpu.sh --smoke --out DIR   # reduced run for a CPU: every step of the script, tiny
+# DIR (default bench/out) receives gpu_bench.json and gpu_bench.log. Exit status: 0 when every
+# row and the host pipeline ran, else 1. Designed to finish within 10 minutes on a GPU machine
+# (gpu_bench.py's --budget-s 330 s limit, the host pipeline about a minute). Wheels found in .whl/
 # (for machines without network access to PyPI, e.g. ml_collections and giotto-ph) are
 # installed into /tmp/site first; a failed install only warns: the bench itself says which
 # import is missing.
@@ -11,11 +16,13 @@ cd "$(dirname "$0")/.." || exit 1
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 
 out=bench/out
+host=(--images 2048 --workers 1,0 --repeat 2 --steps 0)
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[i]}" in
     --out) out="${args[i + 1]:-bench/out}" ;;
     --out=*) out="${args[i]#--out=}" ;;
+    --smoke | --tiny) host=(--images 64 --workers 1,0 --repeat 1 --steps 0) ;;
   esac
 done
 mkdir -p "$out" || exit 1
@@ -44,5 +51,10 @@ import jax
 print('jax.devices()', jax.devices())
 PY
   python3 bench/gpu_bench.py "$@" --out "$out"
+  status=$?
+  echo "gpu.sh: host crop pipeline, $(nproc) cores, load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+  TF_CPP_MIN_LOG_LEVEL=3 python3 bench/bench_host_pipeline.py "${host[@]}" || status=1
+  echo "gpu.sh: exit status $status"
+  exit "$status"
 } 2>&1 | tee "$out/gpu_bench.log"
 exit "${PIPESTATUS[0]}"

@@ -1,7 +1,7 @@
 """GPU benchmark of the JAX training engine against the PyTorch reference, in one short run.
 
   bash bench/gpu.sh --out DIR         # on a GPU machine: prints versions, runs this, writes DIR
-  python bench/gpu_bench.py --tiny    # CPU smoke run: ResNet18 width 8, 32 px, batch 8, 2 steps
+  python bench/gpu_bench.py --smoke   # (or --tiny) CPU smoke run: ResNet18 width 8, 32 px, batch 8
                                       # (torch on a CPU runs single-threaded)
 
 Rows; images/s is the median over the timed steps (after warm-up, each step block_until_ready):
@@ -16,6 +16,9 @@ Rows; images/s is the median over the timed steps (after warm-up, each step bloc
           the added ms/step over row b is a ratio below (giotto-ph runs on the host, 1 thread)
   g       row b plus the RTD-Lite loss of configs/sse_rtd_lite.py (its fmap_betas, pooled map),
           computed on the device; the added ms/step over row b is a ratio below
+  r       row a with config.remat=True (each residual block rematerialised): its 'xla' and 'peak'
+          memory against row a's is what remat saves on this GPU (bench/bench_memory.py has the
+          CPU-compiled figures, where XLA's CPU compiler undoes the recomputation)
   s       the Swin-Tiny step of configs/swin_starsse.py (AdamW groups, clip_grad 5, label
           smoothing, Mixup / CutMix, RandAugment + random erasing on the device), bf16, K=1,
           32 -> 224 px (--tiny: SwinNano at 32 px)
@@ -59,9 +62,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _T0 = float(os.environ.get('GPU_BENCH_T0', time.time()))  # the parent's start
 _MARK = '@@ '
-JAX_ROWS = ('c', 'b', 'a', 'd', 'e', 'g', 's')  # run order: cheap first, memory mostly increasing
+JAX_ROWS = ('c', 'b', 'a', 'r', 'd', 'e', 'g', 's')  # run order: cheap first, memory mostly increasing
 TORCH_ROWS = ('f', 'f-bf16')
-ALL_ROWS = ('a', 'b', 'c', 'd', 'e', 'g', 's', 'f', 'f-bf16')
+ALL_ROWS = ('a', 'b', 'c', 'd', 'e', 'g', 'r', 's', 'f', 'f-bf16')
 RTD_BETAS = (0.0, 0.0, 0.0, 0.0, 0.0316)  # configs/sse_rtd.py
 CIFAR_PX = 32
 NUM_CLASSES = 100
@@ -124,7 +127,7 @@ def build_engine(config, k, terms=None, seed=0):
   terms = terms or step_lib.Terms()
   dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
   model = models.create_model(config.model, NUM_CLASSES, width=config.width, dtype=dtype,
-                              image_size=config.image_size)
+                              image_size=config.image_size, remat=config.get('remat', False))
   key = (config.model, config.width, seed)
   if key not in _START:
     _START[key] = models.init_variables(
@@ -185,11 +188,12 @@ def peak_bytes():
 
 # ----- child processes -----
 
-def _prepare_train(row, s, dtype, k, terms, warmup, timed, swin=False):
+def _prepare_train(row, s, dtype, k, terms, warmup, timed, swin=False, remat=False):
   """Lowers a train-step row; returns (lowered, finish(compiled) -> result)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   config = (swin_engine_config(s, dtype) if swin else
             engine_config(s['arch'], s['width'], s['image_size'], s['batch'], dtype=dtype))
+  config.remat = remat
   lowered, state, run = build_engine(config, k, terms)
 
   def finish(compiled):
@@ -295,6 +299,8 @@ def run_jax(args, rows):
             lambda: _prepare_train('e', s, 'bfloat16', 1, rtd, args.rtd_warmup, args.rtd_steps)),
       'g': (f'JAX row b + RTD-Lite beta {lite_betas[-1]:g} on the pooled map',
             lambda: _prepare_train('g', s, 'bfloat16', 1, lite, *steps)),
+      'r': (f'JAX {px}, fp32, K=1, remat', lambda: _prepare_train('r', s, 'float32', 1, None,
+                                                                   *steps, remat=True)),
       's': ('JAX Swin-Tiny step of configs/swin_starsse.py (full recipe), bf16, K=1',
             lambda: _prepare_train('s', s, 'bfloat16', 1, None, *steps, swin=True)),
   }
@@ -496,7 +502,8 @@ def _run_child(part, rows, args, deadline, on_record):
 
 def _parse(argv):
   p = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-  p.add_argument('--tiny', action='store_true', help='CPU smoke run: ResNet18 width 8, 32 px')
+  p.add_argument('--tiny', '--smoke', action='store_true', dest='tiny',
+                 help='CPU smoke run: ResNet18 width 8, 32 px')
   p.add_argument('--rows', default=','.join(ALL_ROWS), help='comma list of ' + ','.join(ALL_ROWS))
   p.add_argument('--warmup', type=int, default=None, help='warm-up steps (3; --tiny 1)')
   p.add_argument('--steps', type=int, default=None, help='timed steps (10; --tiny 2)')
@@ -504,8 +511,9 @@ def _parse(argv):
   p.add_argument('--rtd-steps', type=int, default=2)
   p.add_argument('--members', type=int, default=4, help='K of row d')
   p.add_argument('--batch', type=int, default=0, help='batch per member (0: 256; --tiny 8)')
-  p.add_argument('--budget-s', type=float, default=250.0,
-                 help='time limit in seconds: stop the children after this and print what finished')
+  p.add_argument('--budget-s', type=float, default=None,
+                 help='time limit in seconds: stop the children after this and print what '
+                 'finished (330; --smoke 1500, for a shared CPU)')
   p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'),
                  help='folder for gpu_bench.json (default bench/out)')
   p.add_argument('--torch-cudnn', choices=('reference', 'benchmark'), default='reference')
@@ -520,6 +528,7 @@ def _parse(argv):
   if bad or not rows:
     p.error(f'--rows: unknown row(s) {bad}; use a comma list of {",".join(ALL_ROWS)}')
   args.rows = rows
+  args.budget_s = (1500.0 if args.tiny else 330.0) if args.budget_s is None else args.budget_s
   args.warmup = (1 if args.tiny else 3) if args.warmup is None else args.warmup
   args.steps = (2 if args.tiny else 10) if args.steps is None else args.steps
   for name in ('steps', 'rtd_steps', 'members'):
@@ -568,7 +577,9 @@ def main(argv=None):
   if missing:
     print(f'not run (--budget-s time limit or a crash above): {",".join(missing)}', flush=True)
   log(f'wrote {path}')
+  failed = [r for r, rec in result['rows'].items() if 'error' in rec]
+  return 1 if missing or failed else 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -107,11 +107,10 @@ def write_files(res, out):
   if 'raw_weight_cosine' in res and res['raw_weight_cosine']['pairs']:
     pairs = res['raw_weight_cosine']['pairs']
     files['raw_weight_cosine.csv'] = report.write_csv(p('raw_weight_cosine.csv'), pairs)
-    files['raw_weight_cosine.png'] = study_plots.cosine_vs_diversity(
-        p('raw_weight_cosine.png'),
-        [('pairs with member 1', [q for q in pairs if q['with_first']]),
-         ('other pairs', [q for q in pairs if not q['with_first']])],
-        f"corr {report.fmt(res['raw_weight_cosine']['correlation'], '.3f')}")
+    rc = res['raw_weight_cosine']
+    files['raw_weight_cosine.png'] = study_plots.cosine_rows(
+        p('raw_weight_cosine.png'), pairs, [rc.get(k, float('nan')) for k in (
+            'correlation', 'correlation_with_first', 'correlation_others')])
   if 'subensembles' in res:
     s = res['subensembles']
     files['subensembles.csv'] = report.write_csv(p('subensembles.csv'), s['rows'])

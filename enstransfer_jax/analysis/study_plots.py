@@ -81,3 +81,21 @@ def cosine_vs_diversity(path, groups, title):
          title=title)
   ax.legend(fontsize=7)
   return plots._save(fig, path)  # pylint: disable=protected-access
+
+
+def cosine_rows(path, pairs, correlations):
+  """Figure 6.4, one run: raw weight cosine against diversity over all pairs (left), the pairs
+  with member 1 (centre, orange) and the other pairs (right, green), each with its Pearson r
+  (correlations: the three values, nan where undefined)."""
+  first = [p for p in pairs if p['with_first']]
+  others = [p for p in pairs if not p['with_first']]
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+  panels = (('all pairs', [(first, 'tab:orange'), (others, 'tab:green')]),
+            ('pairs with member 1', [(first, 'tab:orange')]),
+            ('pairs without member 1', [(others, 'tab:green')]))
+  for ax, (title, groups), r in zip(axes, panels, correlations):
+    for sel, colour in groups:
+      ax.scatter([p['cosine'] for p in sel], [p['diversity'] for p in sel], s=18, color=colour)
+    ax.set(xlabel='cosine of weights', title=f'{title}: r = {r:.3f}')
+  axes[0].set_ylabel('pairwise diversity')
+  return plots._save(fig, path)  # pylint: disable=protected-access

@@ -18,8 +18,9 @@ Swin (Microsoft layout): the state dict under 'model' (supervised) or SimMIM's
 another window size are resized (bicubic; SimMIM: the SimMIM code's geometric cubic
 spline) to the windows of --image-size (default 224); a SimMIM encoder without a head
 gets a fresh one (--num-classes, default 1000).
-Exit status: 0 ok; 2 a usage error or bad input (one line saying what to do; nothing
-written); 1 a bug (with its traceback).
+Exit status: 0 ok; 2 a usage error, a bad input or an existing output (one line saying what
+to do; nothing written); 1 a missing or unreadable file or a full disk (one line), or a bug
+(with its traceback).
 """
 
 import argparse
@@ -75,9 +76,12 @@ def main(argv=None) -> int:
       print(f'wrote {args.output}: {meta["architecture"]} (width {meta["width"]}), '
             f'{meta["num_params"]:,} params, {meta["num_classes"]} classes{head}, '
             f'source sha256 {meta["source_sha256"]}')
-  except errors.USER_ERRORS as e:
+  except (errors.UserError, FileExistsError) as e:
     print(f'error: {errors.one_line(e)}', file=sys.stderr)
     return 2
+  except errors.USER_ERRORS as e:  # a missing or unreadable input file, a full disk
+    print(f'error: {errors.one_line(e)}', file=sys.stderr)
+    return 1
   return 0
 
 

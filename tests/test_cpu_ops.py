@@ -104,13 +104,16 @@ def test_lowering_choice(monkeypatch):
   monkeypatch.delenv(conv_lib.ENV, raising=False)
   assert conv_lib.resolve() == ('cpu' if jax.default_backend() == 'cpu' else 'xla')
   assert conv_lib.resolve('xla') == 'xla'
-  # 'cpu': matrix products on maps of at most SMALL_MAP pixels and for 1x1 kernels
-  prims = lambda h, k: {e.primitive.name for e in jax.make_jaxpr(
+  # 'cpu': matrix products on maps of at most SMALL_MAP pixels and for 1x1 kernels, from
+  # MIN_CHANNELS channels
+  c = conv_lib.MIN_CHANNELS
+  prims = lambda h, k, c: {e.primitive.name for e in jax.make_jaxpr(
       lambda x, w: conv_lib.conv(x, w, 1, k // 2, 'cpu'))(
-          jnp.ones((1, h, h, 2)), jnp.ones((k, k, 2, 2))).eqns}
-  assert 'dot_general' in prims(conv_lib.SMALL_MAP, 3)
-  assert 'conv_general_dilated' in prims(conv_lib.SMALL_MAP + 1, 3)
-  assert 'dot_general' in prims(8, 1)
+          jnp.ones((1, h, h, c)), jnp.ones((k, k, c, c))).eqns}
+  assert 'dot_general' in prims(conv_lib.SMALL_MAP, 3, c)
+  assert 'conv_general_dilated' in prims(conv_lib.SMALL_MAP + 1, 3, c)
+  assert 'dot_general' in prims(8, 1, c)
+  assert 'conv_general_dilated' in prims(conv_lib.SMALL_MAP, 3, c - 1)
   monkeypatch.setenv(conv_lib.ENV, 'xla')
   assert conv_lib.resolve() == 'xla'
   monkeypatch.setenv(conv_lib.ENV, 'fast')

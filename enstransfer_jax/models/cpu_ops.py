@@ -15,17 +15,21 @@ cast to `dtype`. Lowerings of the same convolution:
             Kernel taps that only ever read padding (a 3x3 kernel on a 1x1 map reads 8 taps of
             zeros) are left out: their terms are exact zeros, and their gradient is exactly 0,
             as in the direct convolution.
-  'cpu'     per convolution: 'im2col' for 1x1 kernels and for inputs of at most SMALL_MAP x
-            SMALL_MAP pixels, 'xla' otherwise (the stem and the 8x8 maps of a 32 px ResNet,
-            where XLA's own convolution is the faster one).
+  'cpu'     per convolution: 'im2col' for convolutions with at least MIN_CHANNELS input and
+            output channels whose kernel is 1x1 or whose input is at most SMALL_MAP x SMALL_MAP
+            pixels, 'xla' otherwise (the stem and the 8x8 maps of a 32 px ResNet, where XLA's
+            own convolution is the faster one, and narrow convolutions, where the slower
+            compilation of the im2col program costs more than its faster steps save).
   'auto'    'cpu' when JAX's default backend is the CPU, else 'xla' (the default).
 
-Why: on maps smaller than about 4x4 (layer3 and layer4 of a ResNet at 32 px) XLA's CPU backend
-swaps the operands of the convolutions, copies reversed kernels, and ran them 5-40x slower than
-the matrix products; the whole train step at width 64 was 5x slower than PyTorch's on the same
-CPU (BENCHMARKS.md, "Train step on the CPU against PyTorch").
+Why: on maps of 4x4 pixels and smaller (layer2 to layer4 of a ResNet at 32 px) XLA's CPU
+backend swaps the operands of the convolutions and copies reversed kernels; it ran them 2x (4x4)
+to over 10x (2x2, 1x1) slower than the matrix products, and the whole train step at width 64 was
+4-5x slower than PyTorch's on the same CPU (BENCHMARKS.md, "Train step on the CPU against
+PyTorch").
 
-max_pool is flax.linen.max_pool padded with -inf. On the CPU it is the maximum of the window's
+max_pool is flax.linen.max_pool padded with -inf. On the CPU (from MIN_CHANNELS channels) it is
+the maximum of the window's
 strided views, and its gradient goes to the first maximal element of each window in row-major
 order (as XLA's select-and-scatter and torch's max_pool2d choose), written as a sum of selects
 so that the vmapped step needs no select-and-scatter: XLA's CPU backend runs that one as a
@@ -46,7 +50,8 @@ import jax.numpy as jnp
 
 LOWERINGS = ('auto', 'xla', 'im2col', 'cpu')
 ENV = 'ENSTRANSFER_CONV'
-SMALL_MAP = 4  # 'cpu': im2col on inputs of at most SMALL_MAP x SMALL_MAP pixels
+SMALL_MAP = 4  # 'cpu': im2col on inputs of at most SMALL_MAP x SMALL_MAP pixels ...
+MIN_CHANNELS = 32  # ... with at least this many channels (max_pool: views from this many)
 
 
 def resolve(lowering: str = 'auto') -> str:
@@ -98,7 +103,8 @@ def conv(x, kernel, stride: int, pad: int, lowering: str = 'auto'):
   how = resolve(lowering)
   if how == 'cpu':
     small = x.shape[1] <= SMALL_MAP and x.shape[2] <= SMALL_MAP
-    how = 'im2col' if small or kernel.shape[:2] == (1, 1) else 'xla'
+    wide = min(kernel.shape[2:]) >= MIN_CHANNELS
+    how = 'im2col' if wide and (small or kernel.shape[:2] == (1, 1)) else 'xla'
   fn = conv_im2col if how == 'im2col' else conv_xla
   return fn(x, kernel, stride, pad)
 
@@ -140,8 +146,9 @@ def max_pool_views(x, window: int, stride: int, pad: int):
 
 
 def max_pool(x, window: int = 3, stride: int = 2, pad: int = 1, lowering: str = 'auto'):
-  """flax.linen.max_pool(x, (window,) * 2, (stride,) * 2, ((pad, pad),) * 2) of NHWC `x`; on
-  the CPU (lowering 'cpu' or 'im2col') as max_pool_views."""
-  if resolve(lowering) == 'xla':
+  """flax.linen.max_pool(x, (window,) * 2, (stride,) * 2, ((pad, pad),) * 2) of NHWC `x`; as
+  max_pool_views under 'im2col', and under 'cpu' from MIN_CHANNELS channels."""
+  how = resolve(lowering)
+  if how == 'xla' or (how == 'cpu' and x.shape[-1] < MIN_CHANNELS):
     return nn.max_pool(x, (window, window), (stride, stride), ((pad, pad), (pad, pad)))
   return max_pool_views(x, window, stride, pad)

@@ -98,6 +98,11 @@ def test_params_equal_flax_conv():
   p2 = flax_conv.init(jax.random.PRNGKey(3), x)
   np.testing.assert_array_equal(p1['params']['kernel'], p2['params']['kernel'])
   np.testing.assert_allclose(ours.apply(p1, x), flax_conv.apply(p2, x), rtol=1e-6, atol=1e-6)
+  # the 'xla' lowering (the GPU's) is flax.linen.Conv's program, exactly
+  xla = conv_lib.Conv2d(4, 3, 2, 1, kernel_init=nn.initializers.lecun_normal(), lowering='xla',
+                        name='c')
+  lower = lambda m: jax.jit(m.apply).lower(p2, x).as_text(debug_info=False)
+  assert lower(xla) == lower(flax_conv)
 
 
 def test_lowering_choice(monkeypatch):

@@ -12,7 +12,9 @@ arguments (state + batch), outputs, temporaries (activations kept for the backwa
 gradients, workspaces) and of outputs aliased to donated arguments. The program's footprint is
 arguments + outputs + temporaries - aliased (the state is donated: new state reuses it).
 
-Each configuration compiles in its own subprocess, one at a time (XLA's compile uses host
+The convolutions and max-pool are XLA's own (ENSTRANSFER_CONV=xla, set for the children
+unless given), as on a GPU, not the CPU lowerings of models/cpu_ops.py that the CPU backend
+uses by default. Each configuration compiles in its own subprocess, one at a time (XLA's compile uses host
 memory), and the JSON file is rewritten after each row. Only compiles: on a CPU this takes
 about a minute per row (more for K=5), nothing is executed.
 """
@@ -72,7 +74,8 @@ def measure(dtype, k, remat, batch, image_size):
              temp_bytes=int(m.temp_size_in_bytes),
              alias_bytes=int(m.alias_size_in_bytes),
              code_bytes=int(m.generated_code_size_in_bytes),
-             backend=jax.devices()[0].platform, jax=jax.__version__)
+             backend=jax.devices()[0].platform, jax=jax.__version__,
+             conv=os.environ.get('ENSTRANSFER_CONV', 'auto'))
   out['total_bytes'] = (out['argument_bytes'] + out['output_bytes'] + out['temp_bytes']
                         - out['alias_bytes'])
   return out
@@ -118,7 +121,9 @@ def main():
       for remat in remats:
         cmd = [sys.executable, os.path.abspath(__file__), '--one', f'{dtype},{k},{remat}',
                '--batch', str(args.batch), '--image-size', str(args.image_size)]
-        run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+        env = dict(os.environ)
+        env.setdefault('ENSTRANSFER_CONV', 'xla')  # the GPU's lowering (models/cpu_ops.py)
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False, env=env)
         if run.returncode:
           tail = (run.stderr.strip().splitlines() or ['?'])[-1]
           print(f'{dtype} K={k} remat {remat}: failed ({tail[:200]})', flush=True)

@@ -4,7 +4,9 @@ Layout (as torchvision.models.resnet, channels scaled by `width`, 64 = torchvisi
 7x7/2 stem conv (pad 3, no bias) -> BN -> ReLU -> 3x3/2 max-pool (pad 1, -inf) ->
 layer1..layer4 (stride 1, 2, 2, 2; the stride of a bottleneck sits on its 3x3 conv)
 -> global average pool -> fc. All paddings are explicit and symmetric like torch's
-(Flax 'SAME' pads asymmetrically on stride 2 and is not equivalent).
+(Flax 'SAME' pads asymmetrically on stride 2 and is not equivalent). The convolutions and
+the max-pool come from cpu_ops.py: XLA's own on a GPU, matrix-product lowerings where XLA's CPU
+backend is slow (small maps), the same results to rounding.
 
   logits, features = model.apply(variables, x, train=False)
 

@@ -23,7 +23,7 @@ def _loss_and_grads(model, variables, x, y, mask):
                                        x, train=True, mask=mask, mutable=['batch_stats'])
     logp = jax.nn.log_softmax(logits)
     ce = -jnp.take_along_axis(logp, y[:, None], axis=1)[:, 0]
-    loss = jnp.sum(ce * mask) / jnp.sum(mask) + 1e-3 * jnp.mean(feats[1] ** 2)
+    loss = jnp.sum(ce * mask) / jnp.sum(mask) + 1e-3 * jnp.mean(feats[0] ** 2)
     return loss, new['batch_stats']
   return jax.value_and_grad(loss_fn, has_aux=True)(variables['params'])
 
@@ -34,8 +34,10 @@ def _count_remat(closed_jaxpr):
 
 
 def test_remat_same_loss_gradients_and_statistics():
-  # ResNet-50's bottleneck blocks, one per stage (the wrapping is the same for basic blocks).
-  make = lambda remat: resnet.ResNet('bottleneck', (1, 1, 1, 1), 5, width=2,
+  # ResNet-50's bottleneck blocks, one stage of two: one with the projection shortcut, one
+  # without (the wrapping is the same in every stage and for basic blocks; few blocks keep
+  # the two compiles short).
+  make = lambda remat: resnet.ResNet('bottleneck', (2,), 5, width=2,
                                      dtype=jnp.float64, remat=remat)
   plain, remat = make(False), make(True)
   rng = np.random.default_rng(0)
@@ -56,9 +58,8 @@ def test_remat_same_loss_gradients_and_statistics():
   for a, b in zip(jax.tree.leaves(out0), jax.tree.leaves(out1)):
     assert a.dtype == np.float64
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-10, atol=1e-12)
-  assert min(np.abs(a).max() for a in jax.tree.leaves(out0[1])) < 1e-12  # exact zeros exist
   assert np.median([np.abs(a).max() for a in jax.tree.leaves(out0[1])]) > 1e-3
-  assert counts == (0, 4)
+  assert counts == (0, 2)
 
 
 def test_remat_is_for_resnets_only():

@@ -481,8 +481,9 @@ def load_dataset(config, *, load_size=LOAD_SIZE):
     raise UserError(f"unknown dataset '{config.dataset}'; use one of {', '.join(DATASETS)}")
   if config.class_subset:
     train, test, num_classes = _apply_class_subset(train, test, config.class_subset, num_classes)
-  if config.train_per_class:
-    train = keep_per_class(train, int(config.train_per_class))
+  per_class = config.get('train_per_class', 0)  # absent from runs made before the field
+  if per_class:
+    train = keep_per_class(train, int(per_class))
   lazy = lambda images: isinstance(images, host_pipeline.DecodedImages)
   images = lambda split: (split['images'] if lazy(split['images'])
                           else np.ascontiguousarray(split['images'], np.uint8))

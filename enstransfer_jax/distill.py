@@ -53,12 +53,6 @@ def _read_json(path):
     return json.load(f)
 
 
-def member_ids(workdir):
-  mdir = os.path.join(workdir, 'members')
-  return sorted(int(d) for d in (os.listdir(mdir) if os.path.isdir(mdir) else [])
-                if d.isdigit() and os.path.isdir(os.path.join(mdir, d, 'checkpoint')))
-
-
 def start_checkpoint(workdir, info, init='auto'):
   """(path, description) of the checkpoint the student starts from (module docstring)."""
   member1 = os.path.join(workdir, 'members', '1', 'checkpoint')
@@ -113,7 +107,8 @@ def student_config(workdir, epochs=None, temperature=1.0, alpha=1.0, lr=None, in
   config = _with_defaults(_read_json(os.path.join(workdir, 'config.json')))
   info = _read_json(os.path.join(workdir, 'run_info.json'))
   _read_json(os.path.join(workdir, 'summary.json'))
-  ids = member_ids(workdir)
+  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
+  ids = wd.member_ids(workdir, 'checkpoint')
   if not ids:
     raise UserError(f'{workdir} holds no member checkpoint (members/<i>/checkpoint)')
   if not temperature > 0:

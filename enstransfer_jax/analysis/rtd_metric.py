@@ -19,16 +19,11 @@ the training loss and the analysis's `rtd` column. H1 barcodes: giotto-ph, singl
 
 import numpy as np
 
+from enstransfer_jax.analysis import features
+
 QUANTILE = 0.9
 ZERO_BELOW = 1e-6  # entries below ZERO_BELOW x mean(r1) are set to 0
 _CHUNK = 1 << 16  # feature columns converted to float64 at a time
-
-
-def _flat(x, name):
-  x = np.asarray(x)
-  if x.ndim < 2 or x.shape[0] < 2:
-    raise ValueError(f'{name} must be features [n, ...] of n >= 2 examples, got shape {x.shape}')
-  return x.reshape(x.shape[0], -1)
 
 
 def distances_from_gram(gram):
@@ -43,7 +38,7 @@ def distances_from_gram(gram):
 
 def distance_matrix(x):
   """Euclidean distances [n, n] (float64) between the rows of x, over column chunks."""
-  x = _flat(x, 'features')
+  x = features.flat(x, 'features')
   gram = np.zeros((x.shape[0], x.shape[0]))
   for start in range(0, x.shape[1], _CHUNK):
     chunk = x[:, start:start + _CHUNK].astype(np.float64)
@@ -122,7 +117,7 @@ def rtd_score(x, y, *, trials=10, batch=500, seed=0):
     float >= 0: 0 for equal representations (up to scale, rotation and translation);
     NaN when 90% of a subset's distances are zero (the normalisation is undefined).
   """
-  x, y = _flat(x, 'x'), _flat(y, 'y')
+  x, y = features.flat(x, 'x'), features.flat(y, 'y')
   if x.shape[0] != y.shape[0]:
     raise ValueError(f'features of {x.shape[0]} and {y.shape[0]} examples: compare the same '
                      'examples in both models')

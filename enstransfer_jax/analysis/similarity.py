@@ -26,17 +26,10 @@ persistent homology is the costly part (seconds per pair at 128 points, minutes 
 
 import numpy as np
 
-from enstransfer_jax.analysis import rtd_metric, wasserstein
+from enstransfer_jax.analysis import features, rtd_metric, wasserstein
 
 RTD_POINTS = 128  # examples used for RTD (its filtration has 2 * points vertices)
 _CHUNK = 1 << 16  # feature columns converted to float64 at a time (layer1 of ResNet-50: 800k)
-
-
-def _flat(x, name):
-  x = np.asarray(x)
-  if x.ndim < 2 or x.shape[0] < 2:
-    raise ValueError(f'{name} must be features [n, ...] of n >= 2 examples, got shape {x.shape}')
-  return x.reshape(x.shape[0], -1)
 
 
 def _check_pair(x, y):
@@ -54,7 +47,7 @@ def _column_chunks(x, *others):
 
 def centered_gram(x):
   """Kc = Xc Xc^T [n, n] float64 of the column-centred features (flattened per example)."""
-  x = _flat(x, 'features')
+  x = features.flat(x, 'features')
   gram = np.zeros((x.shape[0], x.shape[0]))
   for (chunk,) in _column_chunks(x):
     chunk -= chunk.mean(0, keepdims=True)
@@ -74,8 +67,8 @@ def cka_from_grams(kc, lc):
 
 def linear_cka(x, y):
   """Linear CKA of features x [n, d1], y [n, d2]: 1 for y = a x Q (Q orthogonal, a != 0)."""
-  x = _flat(x, 'x').astype(np.float64)
-  y = _flat(y, 'y').astype(np.float64)
+  x = features.flat(x, 'x').astype(np.float64)
+  y = features.flat(y, 'y').astype(np.float64)
   _check_pair(x, y)
   if x.shape[0] < max(x.shape[1], y.shape[1]):
     return cka_from_grams(centered_gram(x), centered_gram(y))
@@ -87,7 +80,7 @@ def linear_cka(x, y):
 
 def feature_mse(x, y):
   """Mean squared difference of two feature maps of the same shape (float64)."""
-  x, y = _flat(x, 'x'), _flat(y, 'y')
+  x, y = features.flat(x, 'x'), features.flat(y, 'y')
   if x.shape != y.shape:
     raise ValueError(f'MSE needs features of equal shape, got {x.shape} and {y.shape}')
   total = sum(float(np.sum(np.square(a - b))) for a, b in _column_chunks(x, y))
@@ -97,7 +90,7 @@ def feature_mse(x, y):
 def rtd(x, y, *, points=RTD_POINTS, dim=1):
   """Symmetric RTD of the first `points` examples of x (reference) and y, every pair kept."""
   from enstransfer_jax.losses import rtd_loss  # pylint: disable=g-import-not-at-top
-  x, y = _flat(x, 'x'), _flat(y, 'y')
+  x, y = features.flat(x, 'x'), features.flat(y, 'y')
   _check_pair(x, y)
   n = min(int(points), x.shape[0])
   if n < 3:
@@ -111,7 +104,7 @@ def rtd(x, y, *, points=RTD_POINTS, dim=1):
 def rtd_lite(x, y, *, gram_x=None, gram_y=None):
   """RTD-Lite of x (reference) and y on all their examples (distances / sqrt(width))."""
   from enstransfer_jax.analysis import rtd_lite as lite  # pylint: disable=g-import-not-at-top
-  x, y = _flat(x, 'x'), _flat(y, 'y')
+  x, y = features.flat(x, 'x'), features.flat(y, 'y')
   _check_pair(x, y)
   gx = centered_gram(x) if gram_x is None else gram_x
   gy = centered_gram(y) if gram_y is None else gram_y
@@ -123,7 +116,7 @@ def compare(x, y, *, gram_x=None, gram_y=None, rtd_points=RTD_POINTS, with_rtd=T
             rtd_trials=10, rtd_batch=500):
   """{'cka', 'mse', 'wasserstein', 'rtd', 'rtd_lite', 'rtd_metric'} of one pair of maps
   (rtd_batch=0: no RTD metric); pass cached centred Grams to skip recomputing."""
-  x, y = _flat(x, 'x'), _flat(y, 'y')
+  x, y = features.flat(x, 'x'), features.flat(y, 'y')
   _check_pair(x, y)
   gx = centered_gram(x) if gram_x is None else gram_x
   gy = centered_gram(y) if gram_y is None else gram_y

@@ -19,19 +19,14 @@ over column chunks, as the Gram matrices of similarity.py are.
 import numpy as np
 from scipy import optimize
 
+from enstransfer_jax.analysis import features
+
 _CHUNK = 1 << 16  # feature columns converted to float64 at a time
-
-
-def _flat(x, name):
-  x = np.asarray(x)
-  if x.ndim < 1 or x.shape[0] < 1:
-    raise ValueError(f'{name} must be features [n, ...] of n >= 1 examples, got shape {x.shape}')
-  return x.reshape(x.shape[0], -1)
 
 
 def cross_distances(x, y):
   """[n, m] Euclidean distances between the rows of x [n, d] and y [m, d] (float64)."""
-  x, y = _flat(x, 'x'), _flat(y, 'y')
+  x, y = features.flat(x, 'x', min_examples=1), features.flat(y, 'y', min_examples=1)
   if x.shape[1] != y.shape[1]:
     raise ValueError(f'the Wasserstein distance needs features of equal width, got {x.shape[1]} '
                      f'and {y.shape[1]}')
@@ -46,7 +41,7 @@ def cross_distances(x, y):
 
 def wasserstein(x, y):
   """W1 between the empirical distributions of the rows of x and y (same n, same width)."""
-  x, y = _flat(x, 'x'), _flat(y, 'y')
+  x, y = features.flat(x, 'x', min_examples=1), features.flat(y, 'y', min_examples=1)
   if x.shape[0] != y.shape[0]:
     raise ValueError(f'features of {x.shape[0]} and {y.shape[0]} examples: compare the same '
                      'number of examples in both models')

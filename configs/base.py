@@ -3,7 +3,7 @@
 Experiment configs import this file and change a few fields. Run any of them as
     python main.py --config configs/<name>.py [--config.FIELD=VALUE ...] [--workdir DIR]
 Field names follow configs/README.md of the PyTorch reference (ens-hse-diploma); the
-README of this project maps each one to its meaning.
+project's docs/training.md maps each one to its meaning.
 """
 
 import ml_collections

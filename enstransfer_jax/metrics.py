@@ -7,7 +7,7 @@ All functions take softmax probabilities [N, C] (float) and integer labels [N]:
   ece              expected calibration error, 15 equal-width confidence bins
   brier            mean over samples of sum_c (p_c - onehot_c)^2
   diversity        100 * mean over member pairs of P(pred_i != pred_j) / max(err_i, err_j)
-                   (SPEC section 5, the thesis's normalised disagreement)
+                   (the thesis's normalised disagreement)
 """
 
 import itertools

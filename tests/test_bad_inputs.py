@@ -1,4 +1,4 @@
-"""Every bad input of the README's table: one clear line of its own, and no output damaged.
+"""Every bad input of docs/bad-inputs.md's table: one clear line of its own, and no output damaged.
 
 Each bad config is tried on a fresh work dir, which must not be created (inputs are checked
 first); a config that differs from a finished run's is tried on that run (conftest.py's shared

@@ -3,7 +3,7 @@
 The table below is written from the reference scripts themselves, not from the configs:
 tgritsaev/ens-hse-diploma `scripts/byol_*.py` on top of its `configs/byol/byol_sse.py`,
 `byol_starsse.py`, `byol_single.py` and `byol_base.py`, and isadrtdinov/ens-for-transfer
-`scripts/byol/byol_baseline.py` (Local / Global DE); SPEC.md section 5 restates them. Every
+`scripts/byol/byol_baseline.py` (Local / Global DE). Every
 thesis script sets `fge_lr = x_lr * lr` and `fge_epochs = int(0.5 * epochs)` = 12 with
 lr = 0.05 and epochs = 25. A changed number in a config, or a new config without a row here,
 fails this test.

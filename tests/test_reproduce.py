@@ -171,7 +171,7 @@ def test_bad_inputs(tmp_path, capsys):
 
 
 def test_cifar100_runs_are_the_thesis_configs(tmp_path):
-  """2 checkpoints x 3 seeds as the README lists them; Global DE on every checkpoint."""
+  """2 checkpoints x 3 seeds as docs/reproduce.md lists them; Global DE on every checkpoint."""
   import importlib  # pylint: disable=g-import-not-at-top
   ckpts = [str(tmp_path / f'byol-{i}') for i in range(1, 4)]
   for path in ckpts:

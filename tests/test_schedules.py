@@ -144,7 +144,8 @@ def test_jit_traced_step_and_odd_periods(name):
 
 @pytest.mark.parametrize('variant', ['cosine+warmup_cosine', 'cosine+constant_cosine'])
 def test_spec_closed_form(variant):
-  """SPEC section 3: epoch E (1-based) uses lr * f(E - 1), constant within the epoch."""
+  """The reference's per-epoch schedulers: epoch E (1-based) uses lr * f(E - 1), constant
+  within the epoch."""
   c = make_config(variant, epochs=5, num_fge=4, fge_epochs=4, fge_warmup_epochs=2,
                   lr=0.05, fge_lr=0.02)
   spe = 7

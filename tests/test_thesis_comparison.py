@@ -91,7 +91,7 @@ def test_thesis_columns_by_hand(tmp_path):
 
 
 def test_table_is_the_thesis_table():
-  """Table 4.1 as diploma.pdf prints it (SPEC.md section 5): every column mean +- std; Local
+  """Table 4.1 as diploma.pdf prints it: every column mean +- std; Local
   and Global DE the paper's means over 5 runs, every other row over 6."""
   table = {k: v[1:] for k, v in thesis.TABLE_4_1.items()}
   assert table == {

@@ -19,7 +19,7 @@ Every batch has the same shape: padded samples count nowhere (loss, accuracy, gr
 BatchNorm statistics). The learning rate and momentum are the schedules' values at
 `state.step`, read in the step from the state's tables, so runs whose schedules differ
 (the quickstart's pre-training and fine-tuning) share one compiled step. The loss is the cross-entropy plus the active terms
-(SPEC section 4); which terms are active is static (a `Terms` value), so one program serves
+(`enstransfer_jax/losses/`); which terms are active is static (a `Terms` value), so one program serves
 every stage with the same terms, number of members and frozen set.
 Random streams: augmentation draws from (seed, 'augment', member, step) (Mixup / CutMix
 from the same key folded with mixup.MIX_FOLD), a Swin's drop path from (seed, 'dropout',

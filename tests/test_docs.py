@@ -3,8 +3,8 @@
 Pure text checks (milliseconds): the README stays a front page (at most 200 lines); every
 relative link of README.md, docs/*.md and the other top-level pages points to a file that
 exists, and a link's #anchor to one of that file's headings (GitHub's heading ids); every
-`enstransfer_jax/...py`, `tests/...py` and `bench/...` path they name exists; the README's
-set-up commands are the ones .ci/run runs; no page cites an issue number.
+`enstransfer_jax/...py`, `tests/...py` and `bench/...` path and `python -m` module they name
+exists; the README's set-up commands are the ones .ci/run runs; no page cites an issue number.
 """
 
 import pathlib
@@ -77,7 +77,11 @@ def test_relative_links_resolve(page):
 
 @pytest.mark.parametrize('page', PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_named_paths_exist(page):
-  missing = sorted({p for p in PATH.findall(_text(page)) if not (ROOT / p).exists()})
+  text = _text(page)
+  named = set(PATH.findall(text))
+  modules = re.findall(r'python -m (enstransfer_jax[\w.]*)', text)
+  named |= {m.replace('.', '/') + '.py' for m in modules}
+  missing = sorted(p for p in named if not (ROOT / p).exists())
   assert not missing, f'{page.relative_to(ROOT)} names paths that do not exist: {missing}'
 
 

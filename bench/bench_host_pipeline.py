@@ -8,8 +8,9 @@ Input: synthetic JPEGs (quality 90) of the sizes of Oxford pets / Food-101 image
 variable-size training split; every epoch the pipeline decodes each, cuts a RandomResizedCrop
 box and resizes it to 224 px (antialiased bilinear). Measured: images/s of one epoch per
 number of tf.data threads (after the first batch; 0 = one per core), side by side with the
-previous pipeline (whole-image decode with TF's default fast IDCT, crop, TF's antialiased resize)
-in alternating epochs, each rate as wall-clock images/s and as images per CPU-second of the
+same pipeline with reduced-scale decoding (HostCrops(reduce=True)) and the previous pipeline
+(whole-image decode with TF's default fast IDCT, crop, TF's antialiased resize) in alternating
+epochs, each rate as wall-clock images/s and as images per CPU-second of the
 process (what one thread of an unloaded core would do; on a shared machine the wall rate
 counts other programs' time too), the load average beside them, the host memory the encoded
 images hold
@@ -62,8 +63,10 @@ def encoded_images(n, seed=0):
                                      np.array([w for _, w in sizes], np.int32))
 
 
-def previous_decode_crop_resize(encoded, box, size, interpolation='bilinear'):
-  """The pipeline before crop-only decoding: whole decode (TF's default IDCT), crop, TF resize."""
+def previous_decode_crop_resize(encoded, box, size, interpolation='bilinear', reduce=False):
+  """The pipeline before crop-only decoding: whole decode (TF's default IDCT), crop, TF resize
+  (reduce: not used)."""
+  del reduce
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
   box = tf.cast(box, tf.int32)
@@ -73,12 +76,13 @@ def previous_decode_crop_resize(encoded, box, size, interpolation='bilinear'):
                          (size, size, 3))
 
 
-def pipeline_rate(images, batch, workers, previous=False):
-  """(wall images/s, images per CPU-second of the process, peak RSS) of one epoch."""
-  feed = host_pipeline.HostCrops(images, 224, workers=workers)
+def pipeline_rate(images, batch, workers, name='new'):
+  """(wall images/s, images per CPU-second of the process, peak RSS) of one epoch of the
+  'new', 'reduced' or 'previous' pipeline."""
+  feed = host_pipeline.HostCrops(images, 224, workers=workers, reduce=name == 'reduced')
   order = batches.epoch_order(0, 1, 1, len(images.data))
   real = host_pipeline.decode_crop_resize
-  if previous:
+  if name == 'previous':
     host_pipeline.decode_crop_resize = previous_decode_crop_resize
   try:
     it = feed.epoch(0, [1], 1, [order], batch)
@@ -127,6 +131,7 @@ def main():
                  help='tf.data threads to try, comma-separated (0 = one per core)')
   p.add_argument('--repeat', type=int, default=3, help='epochs of each pipeline per thread count')
   p.add_argument('--no-previous', action='store_true', help='skip the previous pipeline')
+  p.add_argument('--no-reduced', action='store_true', help='skip the reduced-scale pipeline')
   p.add_argument('--steps', type=int, default=3, help='timed ResNet-50 steps (0 = skip)')
   args = p.parse_args()
   before = _rss()
@@ -138,10 +143,11 @@ def main():
         f'eval copies: {256 * 256 * 3 / 1024:.1f} KiB per image')
   for workers in (int(w) for w in args.workers.split(',')):
     threads = workers or os.cpu_count()
-    runs = {'new': [], 'previous': []}
-    for _ in range(args.repeat):  # alternating, so both see the same load
-      for name in (('new',) if args.no_previous else ('new', 'previous')):
-        runs[name].append(pipeline_rate(images, args.batch, workers, name == 'previous'))
+    names = ['new'] + ['reduced'] * (not args.no_reduced) + ['previous'] * (not args.no_previous)
+    runs = {name: [] for name in names}
+    for _ in range(args.repeat):  # alternating, so all see the same load
+      for name in names:
+        runs[name].append(pipeline_rate(images, args.batch, workers, name))
     for name, got in runs.items():
       if not got:
         continue
@@ -150,9 +156,11 @@ def main():
             f'{wall:.0f} images/s wall, {cpu:.0f} images per CPU-second (best of '
             f'{len(got)}; peak RSS {max(g[2] for g in got) / 2**20:.0f} MiB; load '
             f'{os.getloadavg()[0]:.1f})', flush=True)
-    if runs['previous']:
-      ratio = lambda i: max(g[i] for g in runs['new']) / max(g[i] for g in runs['previous'])
-      print(f'  new / previous: {ratio(0):.2f}x wall, {ratio(1):.2f}x per CPU-second')
+    best = lambda name, i: max(g[i] for g in runs[name])
+    for num, den in (('new', 'previous'), ('reduced', 'new')):
+      if runs.get(num) and runs.get(den):
+        print(f'  {num} / {den}: {best(num, 0) / best(den, 0):.2f}x wall, '
+              f'{best(num, 1) / best(den, 1):.2f}x per CPU-second')
   if args.steps:
     print(f'ResNet-50 train step, 224 px, batch {args.batch}, {jax.devices()[0].device_kind}: '
           f'{step_rate(args.batch, args.steps):.1f} images/s')

@@ -180,6 +180,22 @@ _MARGIN = 16  # px decoded around a JPEG crop box: the largest iMCU (4:2:0 sampl
 _PIL_METHODS = {'bilinear': 2, 'bicubic': 3}  # PIL.Image.BILINEAR, PIL.Image.BICUBIC
 
 
+def _jpeg_window(encoded, box, ratio=1):
+  """TF: the box grown by one 16 px iMCU on each side (within the image), decoded at scale
+  1/ratio with libjpeg's accurate integer IDCT (as PIL decodes; TF's default is the fast one),
+  and the box's (left, top, right, bottom) in its pixels. The chroma upsampling at the box's
+  edges then sees the neighbours the full decode sees."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  shape = tf.io.extract_jpeg_shape(encoded)[:2]
+  lo = tf.maximum(box[:2] - _MARGIN, 0) // ratio
+  hi = -(-tf.minimum(box[:2] + box[2:] + _MARGIN, shape) // ratio)
+  wide = tf.io.decode_and_crop_jpeg(encoded, tf.concat([lo, hi - lo], 0), channels=3,
+                                    ratio=ratio, dct_method='INTEGER_ACCURATE')
+  start = tf.cast(box[:2], tf.float32) / ratio - tf.cast(lo, tf.float32)
+  end = start + tf.cast(box[2:], tf.float32) / ratio
+  return wide, tf.stack([start[1], start[0], end[1], end[0]])
+
+
 def decode_crop(encoded, box):
   """TF: encoded image bytes, int box (top, left, h, w) -> uint8 [h, w, 3], the box of the
   decoded image; a JPEG decodes only the box (decode_and_crop_jpeg)."""
@@ -189,41 +205,68 @@ def decode_crop(encoded, box):
   def whole():
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     return image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
-  def jpeg():  # libjpeg's accurate integer IDCT, as PIL decodes (TF's default is the fast one)
-    # The box grown by one 16 px iMCU on each side (within the image): the chroma upsampling
-    # at its edges then sees the neighbours the full decode sees.
-    shape = tf.io.extract_jpeg_shape(encoded)[:2]
-    lo = tf.maximum(box[:2] - _MARGIN, 0)
-    hi = tf.minimum(box[:2] + box[2:] + _MARGIN, shape)
-    wide = tf.io.decode_and_crop_jpeg(encoded, tf.concat([lo, hi - lo], 0), channels=3,
-                                      dct_method='INTEGER_ACCURATE')
-    top, left = box[0] - lo[0], box[1] - lo[1]
+  def jpeg():
+    wide, region = _jpeg_window(encoded, box)
+    top, left = tf.cast(region[1], tf.int32), tf.cast(region[0], tf.int32)
     return wide[top:top + box[2], left:left + box[3]]
   return tf.cond(tf.io.is_jpeg(encoded), jpeg, whole)
 
 
-def resize(crop, size, interpolation='bilinear'):
+def reduced_ratio(h, w, size):
+  """The DCT-domain scale 1/r a box of h x w decodes at with reduce=True: the largest r of
+  1, 2, 4, 8 with min(h, w) >= r size (the box still at least size px at that scale)."""
+  side = np.minimum(h, w)
+  return np.where(side >= 8 * size, 8, np.where(side >= 4 * size, 4,
+                                                np.where(side >= 2 * size, 2, 1)))
+
+
+def _decode_reduced(encoded, box, size):
+  """TF: (pixels, (left, top, right, bottom) float) of a JPEG box decoded at reduced_ratio's
+  scale; at scale 1 the exact crop (the region its whole)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  side = tf.reduce_min(box[2:])
+  k = sum(tf.cast(side >= m * size, tf.int32) for m in (2, 4, 8))  # log2 of the ratio
+  exact = lambda: (decode_crop(encoded, box), tf.cast(tf.stack([0, 0, box[3], box[2]]),
+                                                      tf.float32))
+  return tf.switch_case(k, [exact] + [lambda r=r: _jpeg_window(encoded, box, r)
+                                      for r in (2, 4, 8)])
+
+
+def resize(crop, size, interpolation='bilinear', region=None):
   """numpy uint8 [h, w, 3] -> uint8 [size, size, 3]: PIL's antialiased resize of the image
-  (torchvision's resize of a PIL image, same integer arithmetic)."""
+  (torchvision's resize of a PIL image, same integer arithmetic); region: (left, top, right,
+  bottom) of the image to resize (PIL's `box`: its filter reads the pixels around it)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  out = Image.fromarray(np.asarray(crop, np.uint8)).resize((size, size),
-                                                            _PIL_METHODS[interpolation])
+  region = None if region is None else tuple(float(v) for v in region)
+  out = Image.fromarray(np.asarray(crop, np.uint8)).resize(
+      (size, size), _PIL_METHODS[interpolation], box=region)
   return np.asarray(out, np.uint8)
 
 
-def decode_crop_resize(encoded, box, size, interpolation='bilinear'):
-  """TF: encoded image bytes, int box (top, left, h, w) -> uint8 [size, size, 3]."""
+def decode_crop_resize(encoded, box, size, interpolation='bilinear', reduce=False):
+  """TF: encoded image bytes, int box (top, left, h, w) -> uint8 [size, size, 3].
+
+  reduce: a JPEG box whose shorter side is at least 2, 4 or 8 x size decodes at 1/2, 1/4 or
+  1/8 scale in the DCT domain (reduced_ratio) and its region of that image is resized; faster,
+  but not the full decode's pixels (tests bound the difference); other boxes as without."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  crop = decode_crop(encoded, box)
-  out = tf.numpy_function(lambda c: resize(c, size, interpolation), [crop], tf.uint8,
-                          stateful=False)
+  if reduce:
+    box = tf.cast(box, tf.int32)
+    crop, region = tf.cond(tf.io.is_jpeg(encoded), lambda: _decode_reduced(encoded, box, size),
+                           lambda: (decode_crop(encoded, box),
+                                    tf.cast(tf.stack([0, 0, box[3], box[2]]), tf.float32)))
+    fn, args = lambda c, r: resize(c, size, interpolation, r), [crop, region]
+  else:
+    fn, args = lambda c: resize(c, size, interpolation), [decode_crop(encoded, box)]
+  out = tf.numpy_function(fn, args, tf.uint8, stateful=False)
   return tf.ensure_shape(out, (size, size, 3))
 
 
 class HostCrops:
   """The train batches of a stage with crops from the whole image, produced on the host."""
 
-  def __init__(self, images, image_size, interpolation='bilinear', workers=0, prefetch=2):
+  def __init__(self, images, image_size, interpolation='bilinear', workers=0, prefetch=2,
+               reduce=False):
     if interpolation not in INTERPOLATIONS:
       raise UserError(f'unknown interpolation {interpolation!r}; use one of {INTERPOLATIONS}')
     if int(workers) < 0:
@@ -233,6 +276,7 @@ class HostCrops:
     self.interpolation = interpolation
     self.workers = int(workers) or os.cpu_count() or 1
     self.prefetch = int(prefetch)
+    self.reduce = bool(reduce)  # decode_crop_resize's reduced-scale decoding
 
   def epoch(self, seed, members, epoch, orders, batch_size, first_batch=0):
     """Yields uint8 [K, batch_size, S, S, 3] for batches first_batch.. of the epoch, in the
@@ -257,7 +301,7 @@ class HostCrops:
 
     def load(i, b):
       encoded = tf.numpy_function(fetch, [i], tf.string, stateful=False)
-      return decode_crop_resize(encoded, b, self.size, self.interpolation)
+      return decode_crop_resize(encoded, b, self.size, self.interpolation, self.reduce)
 
     ds = tf.data.Dataset.from_tensor_slices((idx.reshape(-1), box.reshape(-1, 4)))
     options = tf.data.Options()

@@ -10,11 +10,14 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+import configs
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config file',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'work dir (default: experiments/<dataset>/'
                                '<group>/<model>_seed=<seed>/)')
 _ANALYZE = flags.DEFINE_boolean('analyze', False, 'write the analysis report after training')
+OVERRIDES = []  # [(FIELD, VALUE)] of the --config.FIELD=VALUE arguments (split_overrides)
 
 
 def main(argv):
@@ -28,14 +31,44 @@ def main(argv):
   from enstransfer_jax.training import mesh  # pylint: disable=g-import-not-at-top
   mesh.initialize_distributed()  # several processes (SLURM / JAX_COORDINATOR_ADDRESS) only
   with user_errors():
-    summary = run_experiment(_CONFIG.value, _WORKDIR.value)
+    config = configs.apply_overrides(_CONFIG.value, OVERRIDES)
+    summary = run_experiment(config, _WORKDIR.value)
     if _ANALYZE.value:
       from enstransfer_jax import analyze  # pylint: disable=g-import-not-at-top
       analyze.analyze_runs([summary['workdir']])
 
 
-def check_override_keys(argv):
-  """One clear line for --config.KEY=... where KEY is not a field of the config file."""
+def split_overrides(argv):
+  """argv without its --config.FIELD=VALUE arguments (also --config.FIELD VALUE, a bare
+  --config.FIELD = true and --noconfig.FIELD = false, as absl's flags), and those as
+  [(FIELD, VALUE)] for configs.apply_overrides."""
+  rest, overrides, i = [], [], 0
+  while i < len(argv):
+    arg = argv[i]
+    name = arg.lstrip('-')
+    if arg == '--':
+      rest += argv[i:]
+      break
+    if arg.startswith('-') and name.startswith(('config.', 'noconfig.')):
+      key, sep, value = name.partition('=')
+      if key.startswith('noconfig.'):
+        overrides.append((key[len('noconfig.'):], 'false'))
+      elif sep:
+        overrides.append((key[len('config.'):], value))
+      elif i + 1 < len(argv) and not argv[i + 1].startswith('--'):
+        overrides.append((key[len('config.'):], argv[i + 1]))
+        i += 1
+      else:
+        overrides.append((key[len('config.'):], 'true'))
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+def check_config(argv, overrides):
+  """One clear line for a config file that cannot be loaded or an override it refuses (a
+  FIELD it does not have, a VALUE of the wrong type), before JAX is imported."""
   path = next((a.split('=', 1)[1] if '=' in a else argv[i + 1]
                for i, a in enumerate(argv) if a == '--config' or a.startswith('--config=')), None)
   if path is None:
@@ -57,20 +90,10 @@ def check_override_keys(argv):
   if not callable(getattr(module, 'get_config', None)):
     _fail(f'config file {path} has no get_config() function; see configs/ for the form')
   try:
-    config = module.get_config(variant) if variant else module.get_config()
+    configs.apply_overrides(module.get_config(variant) if variant else module.get_config(),
+                            overrides)
   except ValueError as e:
     _fail(str(e))
-  for arg in argv:
-    if not arg.startswith('--config.'):
-      continue
-    node = config
-    key = arg[len('--config.'):].split('=', 1)[0]
-    for part in key.split('.'):
-      if not hasattr(node, 'keys') or part not in node.keys():
-        print(f'error: unknown config key {key!r} in {path}; valid keys: '
-              f'{", ".join(sorted(config.keys()))}', file=sys.stderr)
-        sys.exit(2)
-      node = node[part]
 
 
 def _fail(message):
@@ -87,5 +110,6 @@ def parse_flags(argv):
 
 
 if __name__ == '__main__':
-  check_override_keys(sys.argv)
-  app.run(main, flags_parser=parse_flags)
+  ARGV, OVERRIDES = split_overrides(sys.argv)
+  check_config(ARGV, OVERRIDES)
+  app.run(main, argv=ARGV, flags_parser=parse_flags)

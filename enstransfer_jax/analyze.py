@@ -26,6 +26,7 @@ import sys
 
 from enstransfer_jax.analysis import pipeline, report
 from enstransfer_jax.errors import UserError
+from enstransfer_jax.training import wandb_log
 
 
 def _out_dirs(workdirs, out):
@@ -52,7 +53,7 @@ def _read_summary(workdir):
 
 def log_wandb(config, out, files, progress=True):
   """Tables (CSV) and figures (PNG) of one analysis to a wandb run; never required."""
-  mode = config.get('wandb_mode', 'disabled')
+  mode = wandb_log.resolve_mode(config.get('wandb_mode', 'disabled'))
   if mode == 'disabled':
     return None
   try:
@@ -60,9 +61,6 @@ def log_wandb(config, out, files, progress=True):
   except ImportError:
     print('wandb is not installed: analysis not logged to wandb', file=sys.stderr)
     return None
-  if mode == 'auto':  # as training: online when logged in, else offline
-    mode = 'online' if os.environ.get('WANDB_API_KEY') or getattr(
-        getattr(wandb, 'api', None), 'api_key', None) else 'offline'
   try:
     import csv  # pylint: disable=g-import-not-at-top
     run = wandb.init(project=config.get('wandb_project', 'EnsForTransfer'),

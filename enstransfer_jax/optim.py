@@ -63,11 +63,18 @@ def _labels(trainable_mask, params):
                     f'prefix of it) with bool leaves: {str(err).splitlines()[0]}') from None
 
 
-def _check(config):
+def optimizer_name(config):
+  """config.optimizer, lower case; one line for an unknown one."""
   name = str(config.optimizer).lower()
   if name not in OPTIMIZERS:
     raise UserError(f'unknown optimizer {config.optimizer!r}; valid: '
                     f'{", ".join(OPTIMIZERS)}')
+  return name
+
+
+def check(config):
+  """The optimizer's fields (optimizer, wd, momentum, nesterov); returns (name, wd)."""
+  name = optimizer_name(config)
   wd = float(config.wd)
   if wd < 0:
     raise UserError(f'config.wd must be >= 0, got {wd}')
@@ -81,8 +88,7 @@ def _check(config):
 
 def default_momentum(config):
   """SGD's momentum or AdamW's beta1 when no schedule changes it."""
-  name, _ = _check(config)
-  return float(config.momentum) if name == 'sgd' else ADAMW_BETAS[0]
+  return float(config.momentum) if optimizer_name(config) == 'sgd' else ADAMW_BETAS[0]
 
 
 def scale_by_torch_adam(b1, b2, eps):
@@ -177,7 +183,7 @@ def create_optimizer(config, trainable_mask=None):
   Uses config.wd, and config.momentum / config.nesterov for sgd. trainable_mask: bools
   shaped like params (or a prefix of them), False = frozen.
   """
-  name, wd = _check(config)
+  name, wd = check(config)
   nesterov = bool(config.nesterov)
   swin = _swin(config)
   mask = decay_mask if swin else None

@@ -31,7 +31,6 @@ thesis's Table 4.1 values (analysis/thesis.py).
 """
 
 import argparse
-import ast
 import contextlib
 import csv
 import dataclasses
@@ -95,57 +94,23 @@ def _job(out, method, seed, config):
              os.path.join(out, 'logs', f'{method}_seed={seed}.log'))
 
 
-def parse_overrides(items):
-  """['width=4', 'pretrain.epochs=1', "class_subset=(5, 6)"] -> {field: value} (Python
-  literals; anything else is a string)."""
-  out = {}
-  for item in items:
-    key, sep, text = item.partition('=')
-    if not sep or not key:
-      raise UserError(f'--set {item!r} must be FIELD=VALUE, e.g. --set epochs=10')
-    try:
-      out[key] = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      out[key] = text
-  return out
-
-
-def apply_overrides(config, overrides):
-  """Sets dotted fields of `config` in place; one line for a field the config does not have."""
-  for key, value in overrides.items():
-    node, path = config, key.split('.')
-    for part in path[:-1]:
-      if part not in node:
-        raise UserError(f'--set {key}: the config has no field {part!r}')
-      node = node[part]
-    if path[-1] not in node:
-      raise UserError(f'--set {key}: the config has no field {path[-1]!r} (see configs/base.py)')
-    try:
-      node[path[-1]] = value
-    except (TypeError, ValueError) as e:
-      raise UserError(f'--set {key}={value!r}: {str(e).splitlines()[0]}; give a value of the '
-                      f'field\'s type (now {node[path[-1]]!r})') from None
-  return config
-
-
 def digits_jobs(methods, seeds, out, overrides=None, pretrain_seed=None):
   """The one pre-training (method 'pretrain', seed `pretrain_seed`, default
   digits_task.PRETRAIN_SEED, in <out>/pretrain), then every method from its checkpoint for each
-  fine-tuning seed; `overrides` ({dotted field: value}) change the task for every run."""
-  overrides = overrides or {}
-  _import_configs()
+  fine-tuning seed; `overrides` (configs.apply_overrides's) change the task for every run."""
+  configs = _import_configs()
   from configs import digits_task  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training import experiment, workdir as wd  # pylint: disable=g-import-not-at-top
   if pretrain_seed is None:
     pretrain_seed = digits_task.PRETRAIN_SEED
-  base = apply_overrides(digits_task.get_config(REFERENCE), overrides)
+  base = configs.apply_overrides(digits_task.get_config(REFERENCE), overrides or (), '--set ')
   base.seed = pretrain_seed
   pre = Job('pretrain', pretrain_seed, _quiet(experiment.pretrain_config(base)),
             os.path.join(out, 'pretrain'), os.path.join(out, 'logs', 'pretrain.log'))
   jobs = [pre]
   for seed in seeds:
     for method in methods:
-      c = apply_overrides(digits_task.get_config(method), overrides)
+      c = configs.apply_overrides(digits_task.get_config(method), overrides or (), '--set ')
       c.seed = seed
       c.pretrain.enabled = False
       c.ckpt = wd.member_checkpoint(pre.workdir, 1)
@@ -158,14 +123,14 @@ def animals_jobs(methods, seeds, out, overrides=None, pretrain_seed=None, checkp
   `pretrain_seed`, default animals_task.PRETRAIN_SEED, and 5 for Global DE), then every method
   for `seeds` fine-tuning seeds on each of the first `checkpoints` pre-trainings (seed
   i * seeds + j on pre-training i); Global DE's members fine-tune 5 pre-trainings, one each."""
-  overrides = overrides or {}
-  _import_configs()
+  configs = _import_configs()
   from configs import animals_task  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training import experiment, workdir as wd  # pylint: disable=g-import-not-at-top
   if pretrain_seed is None:
     pretrain_seed = animals_task.PRETRAIN_SEED
   count = max(checkpoints, animals_task.NUM_PRETRAININGS if 'global_de' in methods else 0)
-  base = apply_overrides(animals_task.get_config(REFERENCE), overrides)
+  base = configs.apply_overrides(animals_task.get_config(REFERENCE), overrides or (),
+                                 '--set ')
   pre = []
   for i in range(count):
     c = base.copy_and_resolve_references()
@@ -178,7 +143,8 @@ def animals_jobs(methods, seeds, out, overrides=None, pretrain_seed=None, checkp
   for i in range(checkpoints):
     for seed in range(i * len(seeds), (i + 1) * len(seeds)):
       for method in methods:
-        c = apply_overrides(animals_task.get_config(method), overrides)
+        c = configs.apply_overrides(animals_task.get_config(method), overrides or (),
+                                    '--set ')
         c.seed = seed
         c.pretrain.enabled = False
         if method == 'global_de':
@@ -191,7 +157,7 @@ def animals_jobs(methods, seeds, out, overrides=None, pretrain_seed=None, checkp
 
 def cifar100_jobs(methods, ckpts, seeds_per_ckpt, out, data_dir='', overrides=None):
   """The thesis's runs: seeds 1..n on ckpts[0], n+1..2n on ckpts[1]; Global DE on all ckpts."""
-  _import_configs()
+  configs = _import_configs()
   if len(ckpts) < CIFAR_CHECKPOINTS:
     raise UserError(f'--task cifar100 needs at least {CIFAR_CHECKPOINTS} pre-trained '
                     f'checkpoints in --ckpts (got {len(ckpts)}); convert them with '
@@ -206,8 +172,8 @@ def cifar100_jobs(methods, ckpts, seeds_per_ckpt, out, data_dir='', overrides=No
     for j in range(seeds_per_ckpt):
       seed = i * seeds_per_ckpt + j + 1
       for method in methods:
-        c = apply_overrides(importlib.import_module(f'configs.{method}').get_config(),
-                            overrides or {})
+        c = configs.apply_overrides(importlib.import_module(f'configs.{method}').get_config(),
+                                    overrides or (), '--set ')
         c.seed = seed
         c.data_dir = data_dir
         if method == 'global_de':
@@ -232,7 +198,7 @@ def check_inputs(jobs):
       with config.unlocked():
         config.ckpt, config.ckpts = '', ('',) * len(config.ckpts)
     config_check.validate(config)
-    for path in starts.checkpoint_paths(config):  # readable, and the config's architecture
+    for path in config_check.checkpoint_paths(config):  # readable, and the config's architecture
       if path and (path, config.model) not in seen:
         probe = config.copy_and_resolve_references()
         with probe.unlocked():
@@ -563,15 +529,15 @@ def parse_args(argv):
 def reproduce(args, jobs=None):
   """Runs the jobs of `args` (or `jobs`), writes the table; returns the rows."""
   if jobs is None:
+    overrides = _import_configs().parse_assignments(args.set)
     if args.task == 'digits':
-      jobs = digits_jobs(args.methods, range(args.seeds), args.out, parse_overrides(args.set),
-                         args.pretrain_seed)
+      jobs = digits_jobs(args.methods, range(args.seeds), args.out, overrides, args.pretrain_seed)
     elif args.task == 'animals':
-      jobs = animals_jobs(args.methods, range(args.seeds), args.out, parse_overrides(args.set),
+      jobs = animals_jobs(args.methods, range(args.seeds), args.out, overrides,
                           args.pretrain_seed, args.checkpoints)
     else:
       jobs = cifar100_jobs(args.methods, list(args.ckpts), args.seeds, args.out, args.data_dir,
-                           parse_overrides(args.set))
+                           overrides)
   if os.path.isfile(os.path.join(args.out, 'config.json')):
     raise UserError(f'--out {args.out} is the work dir of a single run (it holds config.json); '
                     'give reproduce a folder of its own')

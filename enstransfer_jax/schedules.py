@@ -247,11 +247,8 @@ def create_momentum_fn(config, steps_per_epoch):
   name = _validate(config, steps_per_epoch)
   spe = int(steps_per_epoch)
   if name not in _CYCLIC:
-    opt_name = str(_field(config, 'optimizer')).lower()
-    if opt_name not in optim.OPTIMIZERS:
-      raise UserError(f'unknown optimizer {config.optimizer!r}; valid: '
-                      f'{", ".join(optim.OPTIMIZERS)}')
-    value = float(config.momentum) if opt_name == 'sgd' else optim.ADAMW_BETAS[0]
+    _field(config, 'optimizer')
+    value = optim.default_momentum(config)
     return lambda step: jnp.full(_as_step(step).shape, value, _real())
   start, period = int(config.epochs) * spe, int(config.fge_epochs) * spe
 

@@ -7,6 +7,7 @@ import jax
 
 import numpy as np
 
+import configs
 from configs import base
 from enstransfer_jax.analysis import evaluate
 from enstransfer_jax.training import resume
@@ -35,13 +36,7 @@ def tiny_config(**overrides):
   c.compilation_cache_dir = ''  # the tests' own cache (conftest.py)
   c.wandb_mode = 'disabled'
   c.log_every_steps = 1
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split('.')
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return c
+  return configs.apply_overrides(c, overrides)
 
 
 @contextlib.contextmanager

@@ -207,6 +207,33 @@ def test_wandb_logging_is_lazy_and_optional(tmp_path, monkeypatch):
   assert analyze.log_wandb(config, str(tmp_path), files) is None and not calls
 
 
+def test_wandb_auto_mode_is_one_rule(tmp_path, monkeypatch):
+  """'auto' is online when an API key is in the environment or in ~/.netrc, for training and
+  the analysis alike (a key wandb's module holds elsewhere does not count)."""
+  from enstransfer_jax.training import wandb_log  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  modes = []
+  fake = types.SimpleNamespace(
+      init=lambda **kw: modes.append(kw['mode']) or types.SimpleNamespace(
+          log=lambda payload: None, finish=lambda: None),
+      api=types.SimpleNamespace(api_key='elsewhere'))
+  monkeypatch.setitem(sys.modules, 'wandb', fake)
+  monkeypatch.delenv('WANDB_API_KEY', raising=False)
+  netrc = tmp_path / 'netrc'
+  monkeypatch.setenv('NETRC', str(netrc))
+  config = ml_collections.ConfigDict({'wandb_mode': 'auto', 'name': 'n'})
+  for logged_in, want in [(lambda: None, 'offline'),
+                          (lambda: netrc.write_text('machine api.wandb.ai\n  password k\n'),
+                           'online'),
+                          (lambda: (netrc.unlink(), monkeypatch.setenv('WANDB_API_KEY', 'k')),
+                           'online')]:
+    logged_in()
+    assert wandb_log.resolve_mode('auto') == want
+    analyze.log_wandb(config, str(tmp_path), {}, progress=False)
+    assert modes[-1] == want
+  assert wandb_log.resolve_mode('offline') == 'offline'
+
+
 # End to end ----------------------------------------------------------------------------------
 
 

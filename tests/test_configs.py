@@ -167,3 +167,67 @@ def test_quickstart_variants_keep_the_reference_ratios():
       assert tuple(q.fmap_betas) == (0.0, 0.0, 0.0, 0.0, 0.048)  # configs/sse_rtd_lite.py
     else:
       assert tuple(q.fmap_betas) == tuple(full.fmap_betas), variant
+
+
+# The same --config.FIELD=VALUE arguments through main.py (split_overrides, then
+# configs.apply_overrides) and through ml_collections' own config flags.
+OVERRIDE_ARGV = ['--config.ckpts', 'a.pt', '--config.ckpts', 'b.pt', '--config.class_subset=(5, 6)',
+                 '--config.epochs', '3', '--config.lr=1', '--config.overwrite', '--config.name=7',
+                 '--config.pretrain.epochs=2', '--config.freeze_layers=conv1', '--noconfig.star_fge',
+                 '--config.wd=-1e-3', '--config.fmap_betas=(0, 1, 2.5, 0, 0)', '--config.seed', '-4',
+                 '--config.aug.mixup=0.5', '--config.scheduler', 'cosine']
+
+
+def test_overrides_parse_as_config_flags(monkeypatch):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  import configs  # pylint: disable=g-import-not-at-top
+  import main  # pylint: disable=g-import-not-at-top
+  argv = ['main.py', '--config', os.path.join(CONFIG_DIR, 'starsse.py'), *OVERRIDE_ARGV]
+  values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file('config', None, '', flag_values=values,
+                                           lock_config=True)
+  monkeypatch.setattr('sys.argv', argv)  # config flags read their overrides from sys.argv
+  values(argv)
+  rest, overrides = main.split_overrides(argv)
+  assert rest == argv[:3]
+  got = configs.apply_overrides(_config('starsse'), overrides)
+  assert got.to_dict() == holder.value.to_dict()
+  assert got.ckpts == ('a.pt', 'b.pt') and got.name == '7' and got.star_fge is False
+  assert got.lr == 1.0 and isinstance(got.lr, float) and got.seed == -4
+
+
+def test_override_mistakes_are_one_line():
+  import configs  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  for overrides, message in [({'fge_epoch': '3'}, "unknown config key 'fge_epoch': the config has no field 'fge_epoch'; its fields: aug, "),
+                             ({'pretrain.lrr': '1'}, "pretrain has no field 'lrr'; its fields: "
+                              'class_subset, dataset, enabled, epochs, lr '),
+                             ({'epochs': '3.5'}, "--config.epochs=3.5: invalid literal for int"),
+                             ({'lr': 'abc'}, "--config.lr=abc: could not convert string to float")]:
+    with pytest.raises(UserError) as e:
+      configs.apply_overrides(_config('sse'), overrides)
+    assert message in str(e.value) and '\n' not in str(e.value), str(e.value)
+  assert configs.apply_overrides(_config('sse'), [('compilation_cache_dir', "''")]).compilation_cache_dir == ''
+  with pytest.raises(UserError, match="--set 'width' must be FIELD=VALUE"):
+    configs.parse_assignments(['width'])
+
+
+def test_validation_calls_the_optimizer_and_schedule_checks():
+  """config_check.validate refuses what optim.check and the schedules refuse, with their
+  messages (quickstart's config, checkpoints blanked)."""
+  from enstransfer_jax import optim, schedules  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import config_check  # pylint: disable=g-import-not-at-top
+  for change in [{'optimizer': 'lamb'}, {'wd': -1.0}, {'momentum': 1.0},
+                 {'nesterov': True, 'momentum': 0.0},
+                 {'scheduler': 'warmup_cosine', 'warmup_epochs': 99}, {'epochs': 0},
+                 {'scheduler': 'cosine+fge', 'num_fge': 1}]:
+    c = _config('quickstart')
+    c.ckpt = ''
+    c.update(change)
+    with pytest.raises(ValueError) as want:
+      optim.check(c)
+      schedules.create_learning_rate_fn(c, 100)
+    with pytest.raises(ValueError) as got:
+      config_check.validate(c)
+    assert str(got.value) == str(want.value), change

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import configs
 from enstransfer_jax import reproduce
 from enstransfer_jax.training import experiment
 
@@ -101,7 +102,7 @@ def test_one_pretraining_shared_by_every_seed(table):
 
 
 def test_pretrain_seed_option(table, capsys):
-  jobs = reproduce.digits_jobs(['sse'], [0, 1], '/o', reproduce.parse_overrides(TINY), 7)
+  jobs = reproduce.digits_jobs(['sse'], [0, 1], '/o', configs.parse_assignments(TINY), 7)
   assert [(j.method, j.seed, j.config.seed, j.workdir) for j in jobs] == [
       ('pretrain', 7, 7, '/o/pretrain'), ('sse', 0, 0, '/o/sse/seed=0'),
       ('sse', 1, 1, '/o/sse/seed=1')]

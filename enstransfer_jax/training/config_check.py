@@ -1,8 +1,11 @@
-"""Checks a config before anything is written: each problem is one ValueError line that says
-what is wrong and what to do."""
+"""Checks a config before anything is written: each problem is one UserError line that says
+what is wrong and what to do. The one validation layer of a run's config: the rules of the
+optimizer (optim.check), the schedules (schedules.create_learning_rate_fn), the models, the
+augmentations and the datasets are called here, not written again."""
 
 import math
 
+from enstransfer_jax import optim
 from enstransfer_jax.data.augment import TRANSFORMS
 from enstransfer_jax.models.resnet import MODULE_NAMES as FREEZABLE  # ResNet's; see freezable()
 from enstransfer_jax.training.plan import ENSEMBLES
@@ -42,14 +45,9 @@ def validate(config):
       _fail(f'{name}={c[name]} must be > 0')
   if c.pretrain.enabled and c.pretrain.lr <= 0:
     _fail(f'pretrain.lr={c.pretrain.lr} must be > 0')
-  if c.wd < 0:
-    _fail(f'wd={c.wd} must be >= 0')
-  if not 0 <= c.momentum < 1:
-    _fail(f'momentum={c.momentum} must be in [0, 1)')
+  optim.check(c)  # optimizer, wd, momentum, nesterov
   if not all(isinstance(b, (int, float)) and math.isfinite(b) for b in c.fmap_betas):
     _fail(f'fmap_betas={tuple(c.fmap_betas)} must be 5 finite numbers')
-  if c.epochs < 1:
-    _fail(f'epochs={c.epochs} must be at least 1')
   if c.batch_size < 1 or c.eval_batch_size < 1:
     _fail('batch_size and eval_batch_size must be positive')
   if c.ensemble == 'sse' and c.num_fge > 1:
@@ -111,8 +109,17 @@ def validate(config):
   from enstransfer_jax.data import datasets  # pylint: disable=g-import-not-at-top
   if c.dataset not in datasets.DATASETS:
     _fail(f'dataset={c.dataset!r} is unknown; use one of {", ".join(sorted(datasets.DATASETS))}')
-  schedules.create_learning_rate_fn(c, 100)  # raises one line for an unknown or bad scheduler
+  schedules.create_learning_rate_fn(c, 100)  # the scheduler's own checks (epochs, warmups)
   check_checkpoints(c)
+
+
+def checkpoint_paths(config):
+  """The pre-trained checkpoints the run reads, one per member start ('' = from scratch):
+  config.ckpts for Global DE, else config.ckpt. With pretrain.enabled the run writes config.ckpt
+  itself (experiment._pretrain) before it reads it."""
+  if config.ensemble == 'global_de':
+    return list(config.ckpts)
+  return [config.ckpt or '']
 
 
 def check_checkpoints(config):
@@ -120,7 +127,7 @@ def check_checkpoints(config):
   import os  # pylint: disable=g-import-not-at-top
   if config.pretrain.enabled:
     return
-  paths = list(config.ckpts) if config.ensemble == 'global_de' else [config.ckpt]
+  paths = checkpoint_paths(config)
   missing = [path for path in paths if path and not os.path.exists(path)]
   if len(missing) > 1 or (missing and config.ensemble == 'global_de'):
     raise FileNotFoundError(

@@ -18,22 +18,16 @@ import numpy as np
 
 from enstransfer_jax import checkpoints, models
 from enstransfer_jax.models import resnet, torch_init
+from enstransfer_jax.training import config_check
 from enstransfer_jax import streams
 from enstransfer_jax.errors import UserError
-
-
-def checkpoint_paths(config):
-  """The pre-trained checkpoints the run reads ('' = from scratch)."""
-  if config.ensemble == 'global_de':
-    return list(config.ckpts)
-  return [config.ckpt or '']
 
 
 def load_checkpoints(config):
   """{path: host variables} of every pre-trained checkpoint the run reads; one-line errors for
   a missing, unreadable, wrong-architecture, wrong-width or non-finite checkpoint."""
   out = {}
-  for path in checkpoint_paths(config):
+  for path in config_check.checkpoint_paths(config):
     if path and path not in out:
       arch, variables = checkpoints.load_pretrained(path)
       if models.canonical_name(arch) != models.canonical_name(config.model):

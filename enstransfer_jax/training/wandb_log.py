@@ -26,12 +26,19 @@ def run_name(config):
                              f'_wd={config.wd}_ep={config.epochs}_seed={config.seed}')
 
 
+def resolve_mode(mode):
+  """wandb's mode for config.wandb_mode: 'auto' is 'online' when logged in, else 'offline'
+  (training and the analysis both ask here)."""
+  if mode != 'auto':
+    return mode
+  return 'online' if _logged_in() else 'offline'
+
+
 def start(config, workdir):
-  mode = config.wandb_mode
+  mode = resolve_mode(config.wandb_mode)
   if mode == 'disabled':
     return None
-  if mode == 'auto':
-    mode = 'online' if _logged_in() else 'offline'
+  if config.wandb_mode == 'auto':
     print(f'wandb: logging {mode}' + ('' if mode == 'online' else
                                       ' (not logged in; `wandb sync` the run later)'), flush=True)
   import wandb  # pylint: disable=g-import-not-at-top

@@ -53,11 +53,11 @@ def main(argv=None) -> int:
   if args.all_members and not args.to_torch:
     print('error: --all-members exports a run to torch files; add --to-torch', file=sys.stderr)
     return 2
-  from enstransfer_jax import checkpoints, errors  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax import checkpoints, errors, export  # pylint: disable=g-import-not-at-top
   try:
     if args.all_members:
-      info = checkpoints.export_members(args.input, args.output, force=args.force,
-                                        allow_partial=args.allow_partial)
+      info = export.export_members(args.input, args.output, force=args.force,
+                                   allow_partial=args.allow_partial)
       if info['note']:
         print(f"note: {info['note']}")
       print(f'wrote {args.output}: {", ".join(info["files"])} ({info["architecture"]}, '

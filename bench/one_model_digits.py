@@ -23,7 +23,7 @@ from scipy import stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from enstransfer_jax import distill  # pylint: disable=wrong-import-position
+from enstransfer_jax import distill, rundir  # pylint: disable=wrong-import-position
 from enstransfer_jax.analysis import pipeline, report  # pylint: disable=wrong-import-position
 
 VALUES = (('acc', 100.0, '.2f'), ('nll', 1.0, '.3f'), ('ece', 1.0, '.3f'),
@@ -65,7 +65,7 @@ def main(argv=None):
     t1 = time.time()
     done = os.path.join(w, 'analysis', 'analysis.json')
     if args.reuse and os.path.isfile(done):
-      res = pipeline.read_json(done)
+      res = rundir.RunDir(w).read_json(os.path.join('analysis', 'analysis.json'))
     else:
       opts = pipeline.Options(basin=False, rtd_points=0, rtd_batch=0, grid=0, ood=args.ood,
                               progress=False)

@@ -372,6 +372,7 @@ def run_engine(name, settings, args, start_pt, workroot):
   from configs import base  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training import run_experiment  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax import rundir  # pylint: disable=g-import-not-at-top
   assert jax.config.jax_enable_x64
   c = base.get_config()
   c.update(dict(engine_fields(name, settings, args), ckpt=start_pt))
@@ -388,7 +389,7 @@ def run_engine(name, settings, args, start_pt, workroot):
     run_experiment(c, workdir)
   finally:
     wd.save_member = real_save
-  steps = sorted(wd.read_events(workdir, 'train'), key=lambda r: r['step'])
+  steps = sorted(rundir.RunDir(workdir).events('train'), key=lambda r: r['step'])
   return steps, [saved[i] for i in sorted(saved)]
 
 

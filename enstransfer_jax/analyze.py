@@ -24,6 +24,7 @@ import dataclasses
 import os
 import sys
 
+from enstransfer_jax import rundir
 from enstransfer_jax.analysis import pipeline, report
 from enstransfer_jax.errors import UserError
 from enstransfer_jax.training import wandb_log
@@ -39,15 +40,13 @@ def _out_dirs(workdirs, out):
 
 
 def _read_summary(workdir):
-  path = os.path.join(workdir, 'summary.json')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} is missing: {workdir} is not a finished run')
-  summary = pipeline.read_json(path)
+  run = rundir.RunDir(workdir)
+  summary = run.summary()
   summary.setdefault('workdir', workdir)
   summary['run_dir'] = workdir  # where relative checkpoint paths are looked up
   for name in ('config', 'run_info'):  # the thesis columns check the run's setting
-    file = os.path.join(workdir, f'{name}.json')
-    summary[name] = pipeline.read_json(file) if os.path.isfile(file) else None
+    file = f'{name}.json'
+    summary[name] = run.read_json(file) if os.path.isfile(run.file(file)) else None
   return summary
 
 
@@ -90,7 +89,6 @@ def log_wandb(config, out, files, progress=True):
 def _check_runs(workdirs, allow_partial, compare_only):
   """One line for a work dir given twice, a damaged file, or an unfinished run or one that
   lost a member (unless allow_partial); returns the notes of the partial runs used."""
-  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
   seen = {}
   for w in workdirs:
     key = os.path.realpath(w)
@@ -99,15 +97,16 @@ def _check_runs(workdirs, allow_partial, compare_only):
     seen[key] = w
   notes = []
   for w in workdirs:
-    for name in ('config.json', 'run_info.json', 'summary.json'):
-      if os.path.isfile(os.path.join(w, name)):
-        wd.read_json(os.path.join(w, name))  # a damaged file is one line
+    run = rundir.RunDir(w)
+    for name in (rundir.CONFIG, rundir.RUN_INFO, rundir.SUMMARY):
+      if os.path.isfile(run.file(name)):
+        run.read_json(name)  # a damaged file is one line
     if compare_only:
       continue
-    found = wd.member_ids(w, 'test_probs.npy')
+    found = run.member_ids(rundir.PROBS)
     for i in found:
-      wd.load_member_probs(w, i)
-    note = wd.check_members(w, found, allow_partial)
+      run.member_probs(i)
+    note = run.check_members(found, allow_partial)
     if note:
       notes.append(note)
   return notes
@@ -165,7 +164,7 @@ def analyze_runs(workdirs, out=None, *, subset=512, progress=True, compare_only=
       if progress:
         print(f'== analysing {w} -> {o}', flush=True)
       res = pipeline.analyze_run(w, o, opts)
-      log_wandb(pipeline.load_config(w), o, res['files'], progress)
+      log_wandb(rundir.RunDir(w).config(), o, res['files'], progress)
       results.append(res)
       if progress:
         print(f"   report: {res['files']['report.md']}", flush=True)

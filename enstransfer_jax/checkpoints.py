@@ -26,9 +26,7 @@ functions below hand them to enstransfer_jax/swin_checkpoints.py (its own name m
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
-import shutil
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from flax import traverse_util
@@ -240,7 +238,7 @@ def sha256(path) -> str:
   return h.hexdigest()
 
 
-def _check_absent(out, force):
+def check_absent(out, force):
   if out.exists() and not force:
     raise FileExistsError(f'{out} already exists; pass --force (force=True) to replace it')
 
@@ -250,7 +248,7 @@ def save_converted(out_dir, variables, metadata: Optional[Mapping[str, Any]] = N
   """Writes variables (orbax) and metadata.json to out_dir atomically; returns the metadata."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   out = Path(out_dir).absolute()
-  _check_absent(out, force)
+  check_absent(out, force)
   is_swin = _is_swin(variables)
   tree = {c: jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32),
                                     traverse_util.unflatten_dict(traverse_util.flatten_dict(
@@ -346,7 +344,7 @@ def convert_file(in_path, out_dir, *, arch: Optional[str] = None,
   architecture's; relative-position tables are resized to its windows) and whether the
   checkpoint is SimMIM's (default: whether its keys carry 'encoder.').
   """
-  _check_absent(Path(out_dir).absolute(), force)
+  check_absent(Path(out_dir).absolute(), force)
   sd = read_torch_checkpoint(in_path, trust_pickle=trust_pickle)
   if _swin_input(sd, arch):
     name = models.canonical_name(arch) if arch else swin_checkpoints.infer_arch(sd)
@@ -376,7 +374,7 @@ def export_torch(ckpt, out_file, *, force: bool = False) -> Dict[str, Any]:
   """Converted dir (or .pt) -> torch file {'model_state': state dict}, the reference's format."""
   import torch  # pylint: disable=g-import-not-at-top
   out = Path(out_file).absolute()
-  _check_absent(out, force)
+  check_absent(out, force)
   _, variables = load_pretrained(ckpt)
   if _is_swin(variables):  # its attention masks depend on the image size it was made for
     size = read_metadata(ckpt).get('image_size') if Path(ckpt).is_dir() else None
@@ -388,72 +386,3 @@ def export_torch(ckpt, out_file, *, force: bool = False) -> Dict[str, Any]:
   info = (swin_checkpoints.describe(variables, size) if _is_swin(variables)
           else describe(variables))
   return {**info, 'sha256': sha256(out)}
-
-
-def export_members(workdir, out_dir, *, force: bool = False,
-                   allow_partial: bool = False) -> Dict[str, Any]:
-  """Every member of a run -> OUT_DIR/member_<i>.pt (as export_torch) plus a README.md.
-
-  Written into a temporary dir and renamed, so OUT_DIR is complete or absent. A run without
-  summary.json or missing one of its members is refused unless `allow_partial` (then 'note'
-  and the README say which members are there). Returns {'files': [file names],
-  'architecture', 'num_classes', 'width', 'note'}.
-  """
-  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  work, out = Path(workdir), Path(out_dir).absolute()
-  _check_absent(out, force)
-  if not work.is_dir():
-    raise FileNotFoundError(f'work dir {work} does not exist')
-  ids = wd.member_ids(str(work), 'checkpoint')
-  if not ids:
-    raise UserError(f'{work} holds no member checkpoint (members/<i>/checkpoint); train it '
-                    'first')
-  note = wd.check_members(str(work), ids, allow_partial)
-  read = lambda name: (json.loads((work / name).read_text()) if (work / name).is_file() else {})
-  info, config, summary = read('run_info.json'), read('config.json'), read('summary.json')
-  accs = {m['member']: m.get('test_acc') for m in summary.get('members', [])}
-  out.parent.mkdir(parents=True, exist_ok=True)
-  desc = {}
-
-  def write(tmp):
-    tmp.mkdir()
-    rows = []
-    for k, i in enumerate(ids):
-      _, variables = load_pretrained(work / 'members' / str(i) / 'checkpoint')
-      desc.update(describe(variables))
-      name = f'member_{i}.pt'
-      torch.save({'model_state': flax_to_torch(variables)}, tmp / name)
-      acc = accs.get(k + 1) if len(accs) == len(ids) else None
-      rows.append(f"| `{name}` | {i} | {'n/a' if acc is None else f'{100 * acc:.2f}'} | "
-                  f'`{sha256(tmp / name)[:16]}` |')
-    subset = list(config.get('class_subset') or [])
-    classes = (f"output k is label class_subset[k] of {config.get('dataset', '?')}: "
-               f"{subset}" if subset else f"output k is label k of {config.get('dataset', '?')}")
-    size = config.get('image_size', '?')
-    readme = [
-        f"# Members of {info.get('name') or config.get('name') or work.name}", '',
-        f'Exported from the work dir `{work.absolute()}` by `python convert_byol.py --to-torch '
-        '--all-members`. Each file is a torch checkpoint `{\'model_state\': state dict}` of a '
-        f"torchvision-layout {desc['architecture']} (width {desc['width']}, "
-        f"{desc['num_classes']} classes; {classes}).", '',
-        '| file | member | test acc (%) | sha256 (first 16) |', '|---|---|---|---|', *rows, '',
-        'The ensemble predicts the mean of the members\' softmax probabilities. Inputs: RGB '
-        f"images through the run's eval transform ({config.get('transform_name', '?')}, "
-        f'{size} x {size} px), scaled to [0, 1] and normalised with the ImageNet mean '
-        '(0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225). Load one member with',
-        '', '    import torch, torchvision',
-        f"    model = torchvision.models.{desc['architecture'].lower()}"
-        f"(num_classes={desc['num_classes']})",
-        "    model.load_state_dict(torch.load('member_1.pt')['model_state'])", '',
-        '(torchvision builds width 64 only; another width needs a ResNet with that base width). '
-        f"`config.json` is the run's config.", '']
-    if note:
-      readme[2:2] = [f'Note: {note}; the ensemble of the run is incomplete.', '']
-    (tmp / 'README.md').write_text('\n'.join(readme))
-    if (work / 'config.json').is_file():
-      shutil.copyfile(work / 'config.json', tmp / 'config.json')
-  atomic.write(out, write)
-  extra = ['config.json'] if (work / 'config.json').is_file() else []
-  return {'files': [f'member_{i}.pt' for i in ids] + extra + ['README.md'], **desc,
-          'note': note}

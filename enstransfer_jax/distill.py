@@ -38,27 +38,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from enstransfer_jax import checkpoints
+from enstransfer_jax import rundir
 from enstransfer_jax.errors import UserError
 
 DEFAULT_DIR = 'distill'  # analysis/one_model.py reads WORKDIR/distill
 
 
-def _read_json(path):
-  import json  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(path):
-    raise UserError(f'{path} is missing: {os.path.dirname(path)} is not a finished run; '
-                    'distil the work dir of a finished run (python main.py --config ...)')
-  with open(path) as f:
-    return json.load(f)
-
-
 def start_checkpoint(workdir, info, init='auto'):
   """(path, description) of the checkpoint the student starts from (module docstring)."""
-  member1 = os.path.join(workdir, 'members', '1', 'checkpoint')
+  run = rundir.RunDir(workdir)
+  member1 = run.member(1, rundir.CHECKPOINT)
   pre = info.get('pretrained') or ''
-  if isinstance(pre, str) and pre and not os.path.exists(pre) and not os.path.isabs(pre):
-    pre = os.path.join(workdir, pre) if os.path.exists(os.path.join(workdir, pre)) else pre
+  pre = run.resolve(pre) if isinstance(pre, str) else pre
   if init == 'member1' or (init == 'auto' and not (isinstance(pre, str) and pre)):
     if not os.path.isdir(member1):
       raise UserError(f'{member1} is missing: the run has no member 1 to start the student from')
@@ -70,25 +61,6 @@ def start_checkpoint(workdir, info, init='auto'):
     raise UserError(f'the run\'s pre-trained checkpoint {pre} is missing; restore it or use '
                     '--init member1')
   return os.path.abspath(pre), 'the pre-trained checkpoint'
-
-
-def _with_defaults(saved):
-  """The run's config.json over configs/base.py's defaults: fields added to the code since
-  the run was made get the defaults the run ran with."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  from enstransfer_jax import reproduce  # pylint: disable=g-import-not-at-top
-  reproduce._import_configs()  # the repository root on sys.path  pylint: disable=protected-access
-  config = importlib.import_module('configs.base').get_config()
-
-  def put(node, values):
-    with node.unlocked():
-      for key, value in values.items():
-        if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
-          put(node[key], value)
-        else:
-          node[key] = value
-  put(config, saved)
-  return config
 
 
 def first_model_schedule(name):
@@ -104,11 +76,10 @@ def first_model_schedule(name):
 def student_config(workdir, epochs=None, temperature=1.0, alpha=1.0, lr=None, init='auto'):
   """The config of the student's run: the run's, one member from the start checkpoint."""
   workdir = os.path.abspath(workdir)
-  config = _with_defaults(_read_json(os.path.join(workdir, 'config.json')))
-  info = _read_json(os.path.join(workdir, 'run_info.json'))
-  _read_json(os.path.join(workdir, 'summary.json'))
-  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
-  ids = wd.member_ids(workdir, 'checkpoint')
+  run = rundir.RunDir(workdir)
+  config, info = run.config(defaults=True), run.run_info()
+  run.summary()  # a finished run
+  ids = run.member_ids()
   if not ids:
     raise UserError(f'{workdir} holds no member checkpoint (members/<i>/checkpoint)')
   if not temperature > 0:
@@ -145,7 +116,7 @@ def teacher(config):
   d = config.distill
   variables = []
   for m in d.members:
-    _, v = checkpoints.load_pretrained(os.path.join(d.teacher, 'members', str(m), 'checkpoint'))
+    _, v = rundir.RunDir(d.teacher).member_variables(m)
     variables.append({'params': v['params'], 'batch_stats': v['batch_stats']})
   stacked = evaluate.stack(variables)
   size = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(stacked))
@@ -161,8 +132,7 @@ def teacher(config):
 def distill(workdir, out=None, **options):
   """Trains (or resumes, or reads back) the student of `workdir`; returns its summary."""
   from enstransfer_jax.training import run_experiment  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(workdir):
-    raise UserError(f'work dir {workdir} does not exist')
+  rundir.RunDir(workdir).existing()
   config = student_config(workdir, **options)
   out = out or os.path.join(workdir, DEFAULT_DIR)
   d = config.distill

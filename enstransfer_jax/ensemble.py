@@ -29,7 +29,6 @@ Prediction (numpy):
 """
 
 import dataclasses
-import json
 import os
 from typing import Optional, Sequence
 
@@ -37,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from enstransfer_jax import checkpoints, models
+from enstransfer_jax import checkpoints, models, rundir
 from enstransfer_jax.analysis import calibration, evaluate, ood
 from enstransfer_jax.errors import UserError
 
@@ -66,13 +65,6 @@ class Prediction:
     """Every array by name, for np.savez."""
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | {
         'agreement': self.agreement}
-
-
-def _read_json(path, what):
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} is missing: {what}')
-  with open(path) as f:
-    return json.load(f)
 
 
 def as_uint8(images):
@@ -121,23 +113,17 @@ class Ensemble:
     """Members (1-based ids, default all) of the finished run in `workdir`. By default every
     member of summary.json must be there; `members` picks some, `allow_partial` takes those
     of an unfinished or damaged run (self.note then says so)."""
-    from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
-    import ml_collections  # pylint: disable=g-import-not-at-top
     workdir = os.fspath(workdir)
-    if not os.path.isdir(workdir):
-      raise FileNotFoundError(f'work dir {workdir} does not exist')
-    how = f'{workdir} is not a work dir written by python main.py --config ...'
-    config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, 'config.json'), how))
-    info = _read_json(os.path.join(workdir, 'run_info.json'), how)
-    if not allow_partial and not os.path.isfile(os.path.join(workdir, 'summary.json')):
+    run = rundir.RunDir(workdir).existing()
+    config, info = run.config(), run.run_info()
+    if not allow_partial and not run.finished:
       raise UserError(f'{workdir} holds an unfinished run (no summary.json); run its training '
                       'command again to finish it, or pass --allow-partial to use the finished '
                       'members')
-    mdir = os.path.join(workdir, 'members')
-    found = wd.member_ids(workdir, 'checkpoint')
+    found = run.member_ids()
     if not found:
       raise UserError(f'{workdir} holds no member checkpoint (members/<i>/checkpoint)')
-    note = wd.check_members(workdir, found, allow_partial) if members is None else ''
+    note = run.check_members(found, allow_partial) if members is None else ''
     ids = found if members is None else [int(m) for m in members]
     missing = [m for m in ids if m not in found]
     if missing or not ids or len(set(ids)) != len(ids):
@@ -145,7 +131,7 @@ class Ensemble:
                       f"{','.join(map(str, found))}")
     arch, variables, desc = None, [], {}
     for m in ids:
-      arch, v = checkpoints.load_pretrained(os.path.join(mdir, str(m), 'checkpoint'))
+      arch, v = run.member_variables(m)
       variables.append({'params': v['params'], 'batch_stats': v['batch_stats']})
       desc = checkpoints.describe(variables[-1])  # ResNet or Swin
       if desc['num_classes'] != int(info['num_classes']):

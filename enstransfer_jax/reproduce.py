@@ -35,7 +35,6 @@ import contextlib
 import csv
 import dataclasses
 import importlib
-import json
 import math
 import os
 import sys
@@ -43,6 +42,7 @@ import time
 from typing import Any, List, Optional
 
 import numpy as np
+from enstransfer_jax import rundir
 from enstransfer_jax.errors import UserError
 
 REFERENCE = 'starsse'
@@ -100,7 +100,7 @@ def digits_jobs(methods, seeds, out, overrides=None, pretrain_seed=None):
   fine-tuning seed; `overrides` (configs.apply_overrides's) change the task for every run."""
   configs = _import_configs()
   from configs import digits_task  # pylint: disable=g-import-not-at-top
-  from enstransfer_jax.training import experiment, workdir as wd  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import experiment  # pylint: disable=g-import-not-at-top
   if pretrain_seed is None:
     pretrain_seed = digits_task.PRETRAIN_SEED
   base = configs.apply_overrides(digits_task.get_config(REFERENCE), overrides or (), '--set ')
@@ -113,7 +113,7 @@ def digits_jobs(methods, seeds, out, overrides=None, pretrain_seed=None):
       c = configs.apply_overrides(digits_task.get_config(method), overrides or (), '--set ')
       c.seed = seed
       c.pretrain.enabled = False
-      c.ckpt = wd.member_checkpoint(pre.workdir, 1)
+      c.ckpt = rundir.RunDir(pre.workdir).member(1, rundir.CHECKPOINT)
       jobs.append(_job(out, method, seed, c))
   return jobs
 
@@ -125,7 +125,7 @@ def animals_jobs(methods, seeds, out, overrides=None, pretrain_seed=None, checkp
   i * seeds + j on pre-training i); Global DE's members fine-tune 5 pre-trainings, one each."""
   configs = _import_configs()
   from configs import animals_task  # pylint: disable=g-import-not-at-top
-  from enstransfer_jax.training import experiment, workdir as wd  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.training import experiment  # pylint: disable=g-import-not-at-top
   if pretrain_seed is None:
     pretrain_seed = animals_task.PRETRAIN_SEED
   count = max(checkpoints, animals_task.NUM_PRETRAININGS if 'global_de' in methods else 0)
@@ -138,7 +138,7 @@ def animals_jobs(methods, seeds, out, overrides=None, pretrain_seed=None, checkp
     pre.append(Job('pretrain', c.seed, _quiet(experiment.pretrain_config(c)),
                    os.path.join(out, 'pretrain', f'seed={c.seed}'),
                    os.path.join(out, 'logs', f'pretrain_seed={c.seed}.log')))
-  ckpts = [wd.member_checkpoint(p.workdir, 1) for p in pre]
+  ckpts = [rundir.RunDir(p.workdir).member(1, rundir.CHECKPOINT) for p in pre]
   jobs = list(pre)
   for i in range(checkpoints):
     for seed in range(i * len(seeds), (i + 1) * len(seeds)):
@@ -211,54 +211,31 @@ def check_inputs(jobs):
       seen.add(key)
 
 
-def _recorded_difference(old, new, prefix=''):
-  """The first field recorded in `old` (a run's config.json) whose value `new` changes, or
-  None; fields `old` does not hold (added to the code since it ran) are not compared."""
-  for key, value in old.items():
-    if not prefix and key in experiment_volatile():
-      continue
-    if key not in new:
-      continue
-    if isinstance(value, dict) and isinstance(new[key], dict):
-      found = _recorded_difference(value, new[key], f'{prefix}{key}.')
-      if found:
-        return found
-    elif value != new[key]:
-      return f'{prefix}{key}: {value!r} there, {new[key]!r} here'
-  return None
-
-
-def experiment_volatile():
-  from enstransfer_jax.training import experiment  # pylint: disable=g-import-not-at-top
-  return experiment._VOLATILE  # pylint: disable=protected-access
-
-
 def finished_summary(job):
   """The summary of the job's finished run, or None when its work dir holds none; a finished
   run of another config (on a field its config.json records) is an error."""
-  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training.config_check import resolve  # pylint: disable=g-import-not-at-top
-  path, cfg = (os.path.join(job.workdir, name) for name in ('summary.json', 'config.json'))
-  if not (os.path.exists(path) and os.path.exists(cfg)):
+  run = rundir.RunDir(job.workdir)
+  if not (run.finished and os.path.exists(run.file(rundir.CONFIG))):
     return None
-  diff = _recorded_difference(wd.read_json(cfg),
-                              json.loads(resolve(job.config).to_json_best_effort()))
+  diff = run.config_differences(resolve(job.config))
   if diff:
-    raise UserError(f'{job.workdir} holds a finished run of another config ({diff}); use '
-                    'another --out for a changed task')
-  return wd.read_json(path)
+    raise UserError(f'{job.workdir} holds a finished run of another config '
+                    f'({rundir.describe(diff[0])}); use another --out for a changed task')
+  return run.summary()
 
 
 def run_job(job, train=True):
   """The run's summary, training it unless its work dir already holds it finished (None for
   an unfinished run when not `train`)."""
   from enstransfer_jax.training import experiment, workdir as wd  # pylint: disable=g-import-not-at-top
-  timing = os.path.join(job.workdir, WALL_TIME)
+  run = rundir.RunDir(job.workdir)
+  timing = run.file(WALL_TIME)
   summary = finished_summary(job)
   if summary is None and not train:
     return None
   if summary is None:
-    resumed = os.path.isdir(os.path.join(job.workdir, 'progress'))
+    resumed = os.path.isdir(run.file('progress'))
     os.makedirs(os.path.dirname(job.log), exist_ok=True)
     start = time.time()
     with open(job.log, 'a') as f, contextlib.redirect_stdout(f):
@@ -266,7 +243,7 @@ def run_job(job, train=True):
     wd.write_json(timing, {'wall_seconds': time.time() - start, 'resumed': resumed})
   summary = dict(summary, workdir=job.workdir)
   if os.path.exists(timing):
-    summary['wall_seconds'] = wd.read_json(timing)['wall_seconds']
+    summary['wall_seconds'] = run.read_json(WALL_TIME)['wall_seconds']
   return summary
 
 
@@ -307,22 +284,6 @@ def paired_interval(x, y, level=0.95):
   return mean, mean - half, mean + half
 
 
-def cycle_epoch_seconds(workdir):
-  """Median seconds between consecutive epochs of the same member in cycles 2..K (the first
-  epoch of every member, which holds compilation, excluded), from metrics.jsonl; a stage of
-  parallel members counts once per epoch. nan without cycles."""
-  times = {}
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        e = json.loads(line)
-        if e.get('event') == 'epoch' and e.get('member', 1) > 1:
-          times.setdefault(e['member'], []).append(e['time'])
-  gaps = [g for t in times.values() for g in np.diff(t)]
-  return float(np.median(gaps)) if gaps else float('nan')
-
-
 def run_values(summary):
   """The per-run numbers the table aggregates (accuracies in %)."""
   ens = summary['ensembles']
@@ -332,7 +293,7 @@ def run_values(summary):
       'ensemble_nll': ens[-1]['nll'],
       'diversity': summary['diversity'] if len(ens) > 1 else float('nan'),
       'wall_seconds': summary.get('wall_seconds', float('nan')),
-      'cycle_epoch_seconds': cycle_epoch_seconds(summary['workdir']),
+      'cycle_epoch_seconds': rundir.RunDir(summary['workdir']).cycle_epoch_seconds(),
       'acc_by_size': [100 * e['acc'] for e in ens],
   }
 
@@ -425,15 +386,14 @@ def markdown(rows, reference=REFERENCE, thesis_rows=None):
 def thesis_comparison(results, rows):
   """{method: formatted thesis cells} for the cifar100 table (analysis/thesis.py)."""
   from enstransfer_jax.analysis import thesis  # pylint: disable=g-import-not-at-top
-  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
   out = {}
   for r in rows:
     runs = []
     for (m, _), summary in sorted(results.items()):
       if m == r['method']:
-        d = summary['workdir']
-        runs.append(dict(summary, run_dir=d, config=wd.read_json(os.path.join(d, 'config.json')),
-                         run_info=wd.read_json(os.path.join(d, 'run_info.json'))))
+        d = rundir.RunDir(summary['workdir'])
+        runs.append(dict(summary, run_dir=d.path, config=d.read_json(rundir.CONFIG),
+                         run_info=d.run_info()))
     member = [100 * s['mean_member_acc'] for s in runs]
     ensemble = [100 * s['ensembles'][-1]['acc'] for s in runs]
     out[r['method']] = thesis.formatted(thesis.thesis_columns(r['method'], runs, member, ensemble))

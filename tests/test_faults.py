@@ -219,7 +219,7 @@ def damaged(starsse_run, tmp_path):
 
 def test_run_missing_a_member_is_refused_by_predict_and_export(damaged, tmp_path, capsys):
   import shutil  # pylint: disable=g-import-not-at-top
-  from enstransfer_jax import checkpoints, ensemble, predict  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax import ensemble, export, predict  # pylint: disable=g-import-not-at-top
   shutil.rmtree(os.path.join(damaged, 'members', '4', 'checkpoint'))
   message = (f'member 4 of {damaged} is missing (summary.json lists 1,2,3,4); pass --members '
              '1,2,3 to use the others (--allow-partial for analyze and the export), or train '
@@ -233,9 +233,9 @@ def test_run_missing_a_member_is_refused_by_predict_and_export(damaged, tmp_path
   assert capsys.readouterr().err.strip() == f'error: {message}'
   assert ensemble.Ensemble.load(damaged, members=[1, 3], progress=False).members == (1, 3)
   with pytest.raises(errors.UserError, match='member 4 of .* is missing'):
-    checkpoints.export_members(damaged, str(tmp_path / 'out'))
+    export.export_members(damaged, str(tmp_path / 'out'))
   assert not (tmp_path / 'out').exists()
-  info = checkpoints.export_members(damaged, str(tmp_path / 'out'), allow_partial=True)
+  info = export.export_members(damaged, str(tmp_path / 'out'), allow_partial=True)
   assert info['files'][:3] == ['member_1.pt', 'member_2.pt', 'member_3.pt']
   assert info['note'] == f'partial run {damaged}: members 1,2,3 of 1,2,3,4 (missing 4)'
   assert f"Note: {info['note']}" in (tmp_path / 'out' / 'README.md').read_text()

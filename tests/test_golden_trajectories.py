@@ -68,10 +68,10 @@ def _engine_steps(fields, ckpt, workdir):
   c = base.get_config()
   c.update({k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
   c.ckpt = ckpt
-  from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax import rundir  # pylint: disable=g-import-not-at-top
   with jax.enable_x64(True):
     run_experiment(c, workdir)
-  return sorted(wd.read_events(workdir, 'train'), key=lambda r: r['step'])
+  return sorted(rundir.RunDir(workdir).events('train'), key=lambda r: r['step'])
 
 
 def test_golden_file_describes_itself():

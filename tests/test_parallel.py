@@ -11,10 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from enstransfer_jax import models, optim
+from enstransfer_jax import models, optim, rundir
 from enstransfer_jax.training import run_experiment
 from enstransfer_jax.training import step as step_lib
-from enstransfer_jax.training import workdir as wd
 from tests import engine_util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +29,7 @@ TOL = 1e-5  # float32 rounding of sums split over devices: about 5e-7 seen
 
 
 def _train_losses(workdir):
-  return {(e['member'], e['step']): e['loss'] for e in wd.read_events(workdir, 'train')}
+  return {(e['member'], e['step']): e['loss'] for e in rundir.RunDir(workdir).events('train')}
 
 
 def _assert_every_step_agrees(ref, got):

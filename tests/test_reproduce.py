@@ -195,17 +195,3 @@ def test_cifar100_runs_are_the_thesis_configs(tmp_path):
       got.pop(key, None)
     assert got == want
     assert job.workdir == str(tmp_path / 'o' / job.method / f'seed={job.seed}')
-
-
-def test_cycle_epoch_seconds_by_hand(tmp_path):
-  """Member 1 ignored; gaps between a member's consecutive epochs; parallel members at once."""
-  events = [('epoch', 1, 0.0), ('epoch', 1, 5.0), ('epoch', 1, 10.0), ('epoch', 1, 15.0),
-            ('train', 2, 6.0),
-            ('epoch', 2, 10.0), ('epoch', 3, 10.0), ('epoch', 2, 12.0), ('epoch', 3, 12.0),
-            ('epoch', 2, 15.0), ('epoch', 3, 15.0), ('epoch', 4, 40.0), ('epoch', 4, 44.0)]
-  with open(tmp_path / 'metrics.jsonl', 'w') as f:
-    for event, member, t in events:
-      f.write(json.dumps({'event': event, 'member': member, 'time': t}) + '\n')
-  gaps = [2.0, 3.0, 2.0, 3.0, 4.0]  # members 2 and 3: 12-10, 15-12; member 4: 44-40
-  assert reproduce.cycle_epoch_seconds(str(tmp_path)) == np.median(gaps)
-  assert np.isnan(reproduce.cycle_epoch_seconds(str(tmp_path / 'none')))

@@ -12,11 +12,10 @@ import os
 import numpy as np
 import pytest
 
-from enstransfer_jax import checkpoints, metrics, models
+from enstransfer_jax import checkpoints, metrics, models, rundir
 from enstransfer_jax.analysis import evaluate
 from enstransfer_jax.data import datasets
 from enstransfer_jax.training import run_experiment
-from enstransfer_jax.training import stage as stage_lib
 from tests import engine_util
 
 # StarSSE: member 1 for 2 epochs, members 2 and 3 in parallel for 2 epochs each.
@@ -38,7 +37,7 @@ def test_a_model_per_epoch_that_ends_no_member(run):
   # Global epochs (the schedule's, as the reference's _N=<i>_ep=<epoch>): member 1 ends at 2,
   # member 2 runs epochs 3-4 and member 3 epochs 5-6.
   assert found == [(1, 'epoch_1'), (2, 'epoch_3'), (3, 'epoch_5')]
-  assert stage_lib.all_models_dir(workdir, 2, 3) == os.path.join(workdir, 'all_models', '2',
+  assert rundir.RunDir(workdir).all_models(2, 3) == os.path.join(workdir, 'all_models', '2',
                                                                  'epoch_3')
 
 
@@ -51,7 +50,7 @@ def test_saved_models_hold_the_weights_of_their_epoch(run):
   logged = {(e['member'], e['epoch']): e['test_nll'] for e in map(
       json.loads, open(os.path.join(workdir, 'metrics.jsonl'))) if e['event'] == 'eval'}
   for member, epoch in ((1, 1), (2, 3), (3, 5)):
-    path = stage_lib.all_models_dir(workdir, member, epoch)
+    path = rundir.RunDir(workdir).all_models(member, epoch)
     assert checkpoints.read_metadata(path)['epoch'] == epoch
     _, variables = checkpoints.load_pretrained(path)
     probs = ev.member_probs(evaluate.stack([variables]), data.test_images)[0]

@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from enstransfer_jax import checkpoints, distill, metrics, models
+from enstransfer_jax import checkpoints, distill, metrics, models, rundir
 from enstransfer_jax.analysis import calibration, evaluate, ood, selective, soup
 from enstransfer_jax.training import workdir as wd
 
@@ -53,14 +53,15 @@ def held_out(config, data):
 
 def write_model_dir(path, workdir, variables, probs, labels, metric, what):
   """A one-member work dir holding `variables` (read by Ensemble.load / predict / analyze)."""
-  info = wd.read_json(os.path.join(workdir, 'run_info.json'))
+  run, out = rundir.RunDir(workdir), rundir.RunDir(path)
+  info = run.run_info()
   info = {**info, 'name': f"{info.get('name', 'run')} {what}", 'derived_from': workdir,
           'derived': what}
   os.makedirs(path, exist_ok=True)
-  config = wd.read_json(os.path.join(workdir, 'config.json'))
-  wd.write_json(os.path.join(path, 'config.json'), config)
-  wd.write_json(os.path.join(path, 'run_info.json'), info)
-  wd.save_npy(os.path.join(path, 'test_labels.npy'), np.asarray(labels, np.int32))
+  config = run.read_json(rundir.CONFIG)
+  wd.write_json(out.file(rundir.CONFIG), config)
+  wd.write_json(out.file(rundir.RUN_INFO), info)
+  wd.save_npy(out.file(rundir.TEST_LABELS), np.asarray(labels, np.int32))
   desc = checkpoints.describe(variables)
   arch = desc.get('architecture') or info.get('model')
   wd.save_member(path, 1, variables, probs, {
@@ -68,23 +69,23 @@ def write_model_dir(path, workdir, variables, probs, labels, metric, what):
       'derived': what, **({'image_size': int(config['image_size'])}
                           if arch and models.is_swin(arch) else {})})
   summary = metrics.ensemble_summary([np.asarray(probs, np.float32)], labels, metric)
-  wd.write_json(os.path.join(path, 'summary.json'), {**summary, 'name': info['name'],
-                                                     'workdir': path})
+  wd.write_json(out.file(rundir.SUMMARY), {**summary, 'name': info['name'], 'workdir': path})
   return path
 
 
 def load_student(workdir, labels):
   """(variables, saved test probabilities) of WORKDIR/distill's student, or None."""
   path = os.path.join(workdir, DISTILL_DIR)
-  if not os.path.isfile(os.path.join(path, 'summary.json')):
+  student = rundir.RunDir(path)
+  if not student.finished:
     return None
-  saved = np.load(os.path.join(path, 'test_labels.npy'))
+  saved = student.test_labels()
   if not np.array_equal(saved, labels):
     raise ValueError(f'{path} was distilled on another evaluation split than {workdir}; '
                      f'distill again: python -m enstransfer_jax.distill {workdir}')
-  _, variables = checkpoints.load_pretrained(wd.member_checkpoint(path, 1))
+  _, variables = student.member_variables(1)
   return ({'params': variables['params'], 'batch_stats': variables['batch_stats']},
-          wd.load_member_probs(path, 1))
+          student.member_probs(1))
 
 
 def _row(name, networks, probs, labels, score):

@@ -24,16 +24,14 @@ stage outputs, and pooled) for a Swin; slots a model lacks (a 2-stage Swin) are 
 
 import dataclasses
 import itertools
-import json
 import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from enstransfer_jax import checkpoints, metrics, models, schedules
+from enstransfer_jax import checkpoints, metrics, models, rundir, schedules
 from enstransfer_jax.analysis import basin, one_model, outputs, similarity, weights
 from enstransfer_jax.analysis import calibration, evaluate, ood, study
 from enstransfer_jax.analysis.evaluate import Evaluator
@@ -83,36 +81,15 @@ class Options:
       raise UserError('grid must be 0 (no plane) or >= 2')
 
 
-def read_json(path):
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} is missing: {os.path.dirname(path)} is not a work dir '
-                            'written by run_experiment (python main.py --config ...)')
-  with open(path) as f:
-    return json.load(f)
-
-
-def load_config(workdir):
-  """The run's config (config.json) as a ConfigDict."""
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'work dir {workdir} does not exist')
-  return ml_collections.ConfigDict(read_json(os.path.join(workdir, 'config.json')))
-
-
 def load_run(workdir):
   """(config, run_info, labels, member ids, [probs]) of a finished work dir."""
-  config = load_config(workdir)
-  info = read_json(os.path.join(workdir, 'run_info.json'))
-  labels_path = os.path.join(workdir, 'test_labels.npy')
-  if not os.path.isfile(labels_path):
-    raise FileNotFoundError(f'{labels_path} is missing; the run in {workdir} did not finish')
-  labels = np.load(labels_path)
-  mdir = os.path.join(workdir, 'members')
-  ids = sorted(int(d) for d in (os.listdir(mdir) if os.path.isdir(mdir) else [])
-               if d.isdigit() and os.path.isfile(os.path.join(mdir, d, 'test_probs.npy')))
+  run = rundir.RunDir(workdir).existing()
+  config, info, labels = run.config(), run.run_info(), run.test_labels()
+  ids = run.member_ids(rundir.PROBS)
   if not ids:
     raise UserError(f'{workdir} holds no finished member (members/<i>/test_probs.npy); '
                     'train it first')
-  probs = [np.load(os.path.join(mdir, str(i), 'test_probs.npy')) for i in ids]
+  probs = [run.member_probs(i) for i in ids]
   for i, p in zip(ids, probs):
     if p.shape[0] != len(labels):
       raise UserError(f'member {i} has probabilities of {p.shape[0]} examples but '
@@ -131,13 +108,6 @@ def prediction_tables(probs, labels, metric):
           'diversity_matrix': metrics.pairwise_diversity(probs, labels)}
 
 
-def _resolve(path, workdir):
-  if path and not os.path.exists(path) and not os.path.isabs(path):
-    alt = os.path.join(workdir, path)
-    return alt if os.path.exists(alt) else path
-  return path
-
-
 def load_pretrained_models(info, member_vars, workdir, notes):
   """Per member: its pre-trained variables with the member's head where heads differ, or None."""
   given = info.get('pretrained') or ''
@@ -151,7 +121,7 @@ def load_pretrained_models(info, member_vars, workdir, notes):
     return [None] * len(member_vars)
   loaded, out = {}, []
   for path, mv in zip(paths, member_vars):
-    path = _resolve(path, workdir)
+    path = rundir.RunDir(workdir).resolve(path)
     if path not in loaded:
       try:
         loaded[path] = checkpoints.load_pretrained(path)[1]
@@ -329,7 +299,7 @@ def analyze_run(workdir, out, opts):
   os.makedirs(out, exist_ok=True)
   member_vars, arch = [], None
   for i in ids:
-    arch, v = checkpoints.load_pretrained(os.path.join(workdir, 'members', str(i), 'checkpoint'))
+    arch, v = rundir.RunDir(workdir).member_variables(i)
     member_vars.append(v)
   desc = checkpoints.describe(member_vars[0])  # ResNet or Swin
   dtype = jnp.bfloat16 if config.get('dtype', 'float32') == 'bfloat16' else jnp.float32

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 import jax
 import numpy as np
 
-from enstransfer_jax import losses, metrics, models, schedules
+from enstransfer_jax import losses, metrics, models, rundir, schedules
 from enstransfer_jax.analysis.evaluate import Evaluator
 from enstransfer_jax.data import batches, datasets
 from enstransfer_jax.training import config_check, mesh, plan as plan_lib, resume
@@ -28,18 +28,12 @@ from enstransfer_jax.training import wandb_log
 from enstransfer_jax.training import workdir as wd
 from enstransfer_jax.errors import UserError
 
-# Fields that may differ when a run is continued in the same work dir.
-_VOLATILE = ('overwrite', 'progress', 'wandb_mode', 'work_dir', 'compilation_cache_dir',
-             'rtd_workers', 'data_workers', 'remat')
 # The config fields a compiled program depends on (with the class count): runs that agree on
 # them share programs (the quickstart's pre-training and fine-tuning).
 _PROGRAM_FIELDS = ('model', 'width', 'dtype', 'remat', 'transform_name', 'image_size',
                    'interpolation', 'seed', 'grad_accum_steps', 'optimizer', 'wd', 'momentum',
                    'nesterov', 'eval_batch_size', 'label_smoothing', 'clip_grad', 'simmim',
                    'layer_decay', 'aug')
-# What `overwrite` clears (config.json and run_info.json are rewritten).
-_OUTPUTS = ('summary.json', 'metrics.jsonl', 'members', 'progress', 'pretrain', 'analysis',
-            'all_models')
 
 
 def enable_compilation_cache(path):
@@ -53,51 +47,37 @@ def enable_compilation_cache(path):
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
-def _differences(old, new):
-  """Fields whose values differ, except volatile ones and fields the old config.json does not
-  record (added to the code since that run was made: it ran with their defaults)."""
-  return sorted(k for k in old if k not in _VOLATILE and old.get(k) != new.get(k))
-
-
-def _started(workdir):
-  """A finished member or a progress checkpoint: work that a changed config would lose."""
-  members = os.path.join(workdir, 'members')
-  return (os.path.isdir(os.path.join(workdir, 'progress')) or
-          (os.path.isdir(members) and bool(os.listdir(members))))
-
-
 def check_workdir(config, workdir):
   """Read-only: True when workdir holds this config's finished run; raises when it holds
   started work of another config."""
-  cfg_path = os.path.join(workdir, 'config.json')
-  if config.overwrite or not os.path.exists(cfg_path):
+  run = rundir.RunDir(workdir)
+  if config.overwrite or not os.path.exists(run.file(rundir.CONFIG)):
     return False
-  old, cfg = wd.read_json(cfg_path), json.loads(config.to_json_best_effort())
-  diff = _differences(old, cfg)
+  diff = run.config_differences(config)
   if diff:
-    if not _started(workdir) and not os.path.exists(os.path.join(workdir, 'summary.json')):
+    if not run.started() and not run.finished:
       return False  # nothing trained yet: the new config takes the work dir over
-    fge_only = all(k.startswith('fge_') for k in diff)  # what members 2..K train with
-    raise UserError(f'work dir {workdir} holds a run with a different config ({diff[0]}: '
-                    f'{old.get(diff[0])!r} there, {cfg.get(diff[0])!r} here); choose another '
-                    '--workdir or pass --config.overwrite=True'
+    fge_only = all(d[0].startswith('fge_') for d in diff)  # what members 2..K train with
+    raise UserError(f'work dir {workdir} holds a run with a different config '
+                    f'({rundir.describe(diff[0])}); choose another --workdir or pass '
+                    '--config.overwrite=True'
                     + (' (in another --workdir member 1 is retrained bit-identically and the '
                        'finished members here are kept)' if fge_only else ''))
-  return os.path.exists(os.path.join(workdir, 'summary.json'))
+  return run.finished
 
 
 def prepare_workdir(config, workdir):
   """Creates the work dir (clearing old outputs on overwrite) and writes config.json."""
   if mesh.is_writer():
-    if config.overwrite and os.path.isdir(workdir):
-      for name in _OUTPUTS:
-        path = os.path.join(workdir, name)
-        if os.path.isdir(path):
+    if config.overwrite:
+      for path in rundir.RunDir(workdir).outputs():
+        if os.path.isdir(path) and not os.path.islink(path):
           shutil.rmtree(path)
-        elif os.path.exists(path):
+        else:
           os.remove(path)
     os.makedirs(workdir, exist_ok=True)
-    wd.write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
+    wd.write_json(rundir.RunDir(workdir).file(rundir.CONFIG),
+                  json.loads(config.to_json_best_effort()))
   mesh.barrier('prepare_workdir')
 
 
@@ -194,18 +174,18 @@ def train_members(config, workdir, data, log, pretrained, programs=None, table_l
 
 def _pretrain(config, workdir, pre, pre_data, programs, table_length):
   """Runs the quickstart's pre-training stage; returns the config that fine-tunes from it."""
-  pre_dir = os.path.join(workdir, 'pretrain')
+  pre_dir = rundir.RunDir(workdir).file('pretrain')
   print(f'== pre-training {pre.model} on classes {list(pre.class_subset)} of {pre.dataset}',
         flush=True)
   if not check_workdir(pre, pre_dir):
     prepare_workdir(pre, pre_dir)
     pre_run = train_members(pre, pre_dir, pre_data, wd.MetricsLog(pre_dir), {}, programs,
                             table_length)
-    wd.write_json(os.path.join(pre_dir, 'summary.json'), {'done': True})
+    wd.write_json(rundir.RunDir(pre_dir).file(rundir.SUMMARY), {'done': True})
     pre_run.progress.clear()
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.ckpt = wd.member_checkpoint(pre_dir, 1)
+    config.ckpt = rundir.RunDir(pre_dir).member(1, rundir.CHECKPOINT)
   return config
 
 
@@ -219,7 +199,7 @@ def run_experiment(config, workdir=None):
   if check_workdir(config, workdir):
     print(f'{workdir} already holds a finished run (summary.json); pass --config.overwrite=True '
           'to train again')
-    return wd.read_json(os.path.join(workdir, 'summary.json'))
+    return rundir.RunDir(workdir).summary()
   data = datasets.load_dataset(config)  # errors here leave the work dir untouched
   table_length = total_steps(config, data)
   pre = pre_data = None
@@ -230,7 +210,7 @@ def run_experiment(config, workdir=None):
   pretrained = {} if config.pretrain.enabled else starts_lib.load_checkpoints(config)
   with wd.WorkdirLock(workdir):  # one writing run per work dir
     if check_workdir(config, workdir):  # finished meanwhile by the run that held the lock
-      return wd.read_json(os.path.join(workdir, 'summary.json'))
+      return rundir.RunDir(workdir).summary()
     return _train(config, workdir, data, pretrained, table_length, pre, pre_data)
 
 
@@ -238,21 +218,22 @@ def _train(config, workdir, data, pretrained, table_length, pre, pre_data):
   """run_experiment once the inputs are read and the work dir is locked."""
   prepare_workdir(config, workdir)
   print(f'work dir: {workdir}', flush=True)
+  out = rundir.RunDir(workdir)
   programs = {}
   if config.pretrain.enabled:
     config = _pretrain(config, workdir, pre, pre_data, programs, table_length)
     pretrained = starts_lib.load_checkpoints(config)
 
-  wd.write_json(os.path.join(workdir, 'run_info.json'), {
+  wd.write_json(out.file(rundir.RUN_INFO), {
       'name': config.name, 'model': config.model, 'width': config.width,
       'num_classes': data.num_classes, 'metric': data.metric, 'dataset': config.dataset,
       'pretrained': list(config.ckpts) if config.ensemble == 'global_de' else config.ckpt})
-  wd.save_npy(os.path.join(workdir, 'test_labels.npy'), data.test_labels.astype(np.int32))
+  wd.save_npy(out.file(rundir.TEST_LABELS), data.test_labels.astype(np.int32))
   run_handle = wandb_log.start(config, workdir) if mesh.is_writer() else None
   log = wd.MetricsLog(workdir, run_handle)
   run = train_members(config, workdir, data, log, pretrained, programs, table_length)
 
-  probs = [wd.load_member_probs(workdir, i) for i in sorted(run.starts.finished)]
+  probs = [out.member_probs(i) for i in sorted(run.starts.finished)]
   summary = metrics.ensemble_summary(probs, data.test_labels, data.metric)
   summary['workdir'] = workdir
   summary['name'] = config.name
@@ -260,7 +241,7 @@ def _train(config, workdir, data, pretrained, table_length, pre, pre_data):
   # goes: a run stopped in between resumes after its last stage and writes the same files.
   log.write('summary', mean_member_acc=summary['mean_member_acc'],
             ensemble_acc=summary['ensembles'][-1]['acc'], diversity=summary['diversity'])
-  wd.write_json(os.path.join(workdir, 'summary.json'), summary)
+  wd.write_json(out.file(rundir.SUMMARY), summary)
   run.progress.clear()
   if mesh.is_writer():
     print(metrics.format_summary(summary), flush=True)

@@ -38,6 +38,7 @@ import numpy as np
 import jax
 import orbax.checkpoint as ocp
 
+from enstransfer_jax import rundir
 from enstransfer_jax.training import mesh
 from enstransfer_jax.training import workdir as wd
 from enstransfer_jax.errors import UserError
@@ -50,7 +51,7 @@ class Interrupted(Exception):
 class Progress:
 
   def __init__(self, workdir, every_minutes=0.0, asynchronous=True):
-    self.dir = os.path.abspath(os.path.join(workdir, 'progress'))
+    self.dir = os.path.abspath(rundir.RunDir(workdir).file('progress'))
     self._manager = None
     self.stop_requested = False
     self.every_minutes = float(every_minutes)

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from enstransfer_jax import checkpoints, metrics, models, optim
+from enstransfer_jax import checkpoints, metrics, models, optim, rundir
 from enstransfer_jax.analysis import evaluate
 from enstransfer_jax.data import augment, batches, host_pipeline
 from enstransfer_jax.models import resnet
@@ -241,12 +241,6 @@ def _end_epoch(run, stage, epoch, state):
   return probs
 
 
-def all_models_dir(workdir, member, global_epoch):
-  """save_all_models: member `member` at the end of global epoch `global_epoch` (1-based, the
-  schedule's epoch, as the reference's <name>_N=<member>_ep=<epoch>.pt)."""
-  return os.path.join(workdir, 'all_models', str(member), f'epoch_{global_epoch}')
-
-
 def _save_all_models(run, stage, epoch, state):
   """Each member of the stage after an epoch that does not end it (readable by
   enstransfer_jax.load_pretrained; the members' final epochs are in members/<i>)."""
@@ -254,7 +248,7 @@ def _save_all_models(run, stage, epoch, state):
   if not mesh.is_writer():
     return
   for j, m in enumerate(stage):
-    path = all_models_dir(run.workdir, m.index, m.epoch_offset + epoch)
+    path = rundir.RunDir(run.workdir).all_models(m.index, m.epoch_offset + epoch)
     wd.ensure_space(os.path.dirname(path), wd.tree_bytes(host) // len(stage))
     with wd.disk_errors(path):
       checkpoints.save_converted(

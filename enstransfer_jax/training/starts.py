@@ -16,7 +16,7 @@ import os
 import jax
 import numpy as np
 
-from enstransfer_jax import checkpoints, models
+from enstransfer_jax import checkpoints, models, rundir
 from enstransfer_jax.models import resnet, torch_init
 from enstransfer_jax.training import config_check
 from enstransfer_jax import streams
@@ -111,9 +111,8 @@ class Starts:
                            jax.tree_util.tree_leaves(self.finished[index]['params'])])
 
   def load_finished(self, workdir, stage):
-    from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
     for m in stage:
-      path = wd.member_checkpoint(workdir, m.index)
+      path = rundir.RunDir(workdir).member(m.index, rundir.CHECKPOINT)
       if not os.path.isdir(path):
         raise UserError(f'member {m.index} finished before the run stopped, but its checkpoint '
                         f'{path} is missing; restore it, or pass --config.overwrite=True to '

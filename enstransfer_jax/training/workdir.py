@@ -1,17 +1,8 @@
-"""What a run writes into its work dir, and nothing else.
+"""Writing a run's work dir (its layout and its readers: enstransfer_jax/rundir.py).
 
-  config.json              the resolved config
-  run_info.json            name, model, width, num_classes, metric, dataset and the pre-trained
-                           checkpoint(s) actually used (the quickstart's own pre-trained model)
-  metrics.jsonl            one JSON object per logged event (train / eval / member / summary)
-  test_labels.npy          int32 [N_test]
-  members/<i>/checkpoint/  orbax checkpoint of member i (params, batch_stats; readable by
-                           enstransfer_jax.load_pretrained, so a member can seed a new run)
-  members/<i>/test_probs.npy  float32 softmax probabilities [N_test, C]
-  summary.json             per member and per ensemble size metrics, diversity
-  .lock                    while a run writes: its pid, host and start time (WorkdirLock)
-Every file is written to a temporary name and renamed, so an interruption leaves either the
-old file or the new one, never half of one.
+Only the writing process writes (mesh.is_writer). Every file is written to a temporary name
+and renamed, so an interruption leaves either the old file or the new one, never half of one;
+a full disk is one line naming the file; .lock keeps a second run out (WorkdirLock).
 """
 
 import contextlib
@@ -24,7 +15,7 @@ import time
 
 import numpy as np
 
-from enstransfer_jax import atomic
+from enstransfer_jax import atomic, checkpoints, rundir
 from enstransfer_jax.errors import UserError
 from enstransfer_jax.training import mesh
 
@@ -95,7 +86,7 @@ class WorkdirLock:
 
   def __init__(self, workdir):
     self.workdir = workdir
-    self.path = os.path.join(workdir, '.lock')
+    self.path = rundir.RunDir(workdir).file('.lock')
     self.mine = None
 
   def __enter__(self):
@@ -188,17 +179,6 @@ def write_json(path, obj):
   _atomic_write(path, write)
 
 
-def read_json(path):
-  """A JSON file of the run; a damaged one is a one-line UserError."""
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except ValueError as e:
-      raise UserError(f'{path} is damaged (not JSON: {getattr(e, "msg", e)}, line '
-                      f'{getattr(e, "lineno", "?")}); restore it, or delete it and run the '
-                      'training command again to rewrite it') from None
-
-
 def save_npy(path, array):
   def write(tmp):
     with open(tmp, 'wb') as f:
@@ -206,85 +186,24 @@ def save_npy(path, array):
   _atomic_write(path, write)
 
 
-def member_dir(workdir, index):
-  return os.path.join(workdir, 'members', str(index))
-
-
-def member_checkpoint(workdir, index):
-  return os.path.join(member_dir(workdir, index), 'checkpoint')
-
-
 def save_member(workdir, index, variables, probs, metadata):
   if not mesh.is_writer():
     return
-  from enstransfer_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  path = member_dir(workdir, index)
+  run = rundir.RunDir(workdir)
+  path = run.member(index)
   os.makedirs(path, exist_ok=True)
   ensure_space(path, tree_bytes(variables) + np.asarray(probs).size * 4)
   with disk_errors(path):
-    checkpoints.save_converted(os.path.join(path, 'checkpoint'), variables, metadata, force=True)
-  save_npy(os.path.join(path, 'test_probs.npy'), np.asarray(probs, np.float32))
-
-
-def load_member_probs(workdir, index):
-  path = os.path.join(member_dir(workdir, index), 'test_probs.npy')
-  try:
-    return np.load(path)
-  except (ValueError, EOFError) as e:
-    raise UserError(f'{path} is damaged ({str(e).splitlines()[0][:100]}); run the training '
-                    'command again with --config.overwrite=True to rewrite the run') from None
-
-
-def member_ids(workdir, file):
-  """The ids of members/<i> that hold `file` ('checkpoint' or 'test_probs.npy'), sorted."""
-  root = os.path.join(workdir, 'members')
-  names = os.listdir(root) if os.path.isdir(root) else []
-  return sorted(int(d) for d in names
-                if d.isdigit() and os.path.exists(os.path.join(root, d, file)))
-
-
-def check_members(workdir, found, allow_partial=False):
-  """Whether the members found (ids) are the whole run. A run without summary.json is
-  unfinished; a finished run lacking a member of summary.json is damaged. Either is refused
-  unless `allow_partial`; then the returned note says what is used ('' for a whole run)."""
-  listed = ','.join(map(str, found)) or 'none'
-  if not os.path.isfile(os.path.join(workdir, 'summary.json')):
-    if allow_partial:
-      return f'partial run {workdir}: members {listed} (the run has not finished)'
-    raise UserError(f'{workdir} holds an unfinished run (no summary.json; members {listed} '
-                    'finished); run its training command again to finish it, or pass '
-                    '--allow-partial to use the finished members')
-  summary = read_json(os.path.join(workdir, 'summary.json'))
-  try:
-    expected = [int(m['member']) for m in summary['members']]
-  except (KeyError, TypeError, ValueError):
-    raise UserError(f"{os.path.join(workdir, 'summary.json')} is damaged (no member list); "
-                    'restore it, or delete it and run the training command again') from None
-  missing = [m for m in expected if m not in found]
-  if not missing:
-    return ''
-  if allow_partial:
-    return (f'partial run {workdir}: members {listed} of {",".join(map(str, expected))} '
-            f'(missing {",".join(map(str, missing))})')
-  raise UserError(f'member {",".join(map(str, missing))} of {workdir} is missing (summary.json '
-                  f'lists {",".join(map(str, expected))}); pass --members {listed} to use the '
-                  'others (--allow-partial for analyze and the export), or train the run again '
-                  'with --config.overwrite=True')
-
-
-def read_events(workdir, event=None):
-  """The records of <workdir>/metrics.jsonl (those of one `event`, e.g. 'train', if given),
-  in file order."""
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  return [r for r in records if event is None or r.get('event') == event]
+    checkpoints.save_converted(run.member(index, rundir.CHECKPOINT), variables, metadata,
+                               force=True)
+  save_npy(run.member(index, rundir.PROBS), np.asarray(probs, np.float32))
 
 
 class MetricsLog:
   """Appends one JSON object per line to metrics.jsonl (and mirrors it to wandb)."""
 
   def __init__(self, workdir, wandb_run=None):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = rundir.RunDir(workdir).file(rundir.METRICS)
     self.wandb_run = wandb_run
 
   def write(self, event, **fields):

@@ -87,9 +87,6 @@ class RunDir:
   def __init__(self, path):
     self.path = os.fspath(path)
 
-  def __str__(self):
-    return self.path
-
   def file(self, *names):
     return os.path.join(self.path, *names)
 

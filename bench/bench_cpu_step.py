@@ -19,6 +19,14 @@ the load average is printed before and after each variant.
 
 Variants (name: lowering of the convolutions, extra XLA flags):
 %(variants)s
+(a lowering with a suffix: the 'cpu' lowering with the step changed as follows)
+The two changed steps, cpu+bn-onepass (BatchNorm's statistics in one reduction pass,
+moments_one_pass below) and cpu+noaug (the 'none' transform: the images only normalised, no pad,
+crop or flip in the step: the step with its augmentation moved off it), are built beside the
+unchanged 'cpu' step in the same process, and each round runs the unchanged step and the
+changed step (which one first alternates from round to round), then the torch step; the median
+of the per-round ratios changed / unchanged is reported. cpu+same builds the unchanged step twice
+(the ratio an unchanged step gets: this machine's noise).
 
 --threads N: torch.set_num_threads(N), and for N = 1 XLA's --xla_cpu_multi_thread_eigen=false
 (one compute thread on both sides; 0 = each library's default, all cores).
@@ -62,6 +70,9 @@ VARIANTS = {
     'cpu+ynn-conv': ('cpu', '--xla_cpu_experimental_ynn_fusion_type=+individual_convolution'),
     'cpu+1thread': ('cpu', '--xla_cpu_multi_thread_eigen=false'),
     'xla+nchw': ('xla-nchw', ''),
+    'cpu+bn-onepass': ('cpu-bnonepass', ''),
+    'cpu+noaug': ('cpu-noaug', ''),
+    'cpu+same': ('cpu-same', ''),
 }
 CATEGORIES = ('conv forward', 'conv grad input', 'conv grad weight', 'BN forward',
               'BN backward', 'augmentation', 'optimizer', 'other model + loss',
@@ -92,6 +103,19 @@ def _torch_step(width, batch, threads):
     torch.nn.functional.cross_entropy(logits, y).backward()
     opt.step()
   return step
+
+
+def moments_one_pass(x, axes):
+  """batchnorm.moments in one reduction pass over x: the sums of d = x - k and of d * d, with k
+  the first value of each channel (shifted data: float32 keeps the variance's digits when the
+  mean is far from 0), mean = k + sum(d) / n, var = sum(d * d) / n - (sum(d) / n) ** 2."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  k = jax.lax.stop_gradient(x[(0,) * len(axes)])
+  d = x - k
+  n = x.size // x.shape[-1]
+  m1, m2 = jnp.sum(d, axis=axes) / n, jnp.sum(d * d, axis=axes) / n
+  return k + m1, jnp.maximum(m2 - m1 * m1, 0.0)
 
 
 def _hlo_index(text):
@@ -262,23 +286,41 @@ def run_variant(args):
   jax.monitoring.register_event_duration_secs_listener(
       lambda event, secs, **kw: compiles.append(secs) if event.endswith(
           'backend_compile_duration') else None)
+  change = conv.split('-')[1] if conv.split('-')[1:] in (['bnonepass'], ['noaug'], ['same']) \
+      else ''
   config = gpu_bench.engine_config('ResNet18', args.width, 32, args.batch, transform='cifar')
   lowered, state, run = gpu_bench.build_engine(config, 1)
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
+  steps = [[compiled, state, run, []]]
+  if change:  # the changed step beside the unchanged one, alternating in this process
+    from enstransfer_jax.models import batchnorm  # pylint: disable=g-import-not-at-top
+    two_pass = batchnorm.moments
+    if change == 'bnonepass':  # BatchNorm's statistics in one reduction pass
+      batchnorm.moments = moments_one_pass
+    elif change == 'noaug':  # the 'none' transform: normalisation only, no pad / crop / flip
+      config = gpu_bench.engine_config('ResNet18', args.width, 32, args.batch, transform='none')
+    lowered2, state2, run2 = gpu_bench.build_engine(config, 1)  # traced here
+    batchnorm.moments = two_pass
+    steps.append([lowered2.compile(), state2, run2, []])
   params = jax.device_get(state.params)
   torch_step = _torch_step(args.width, args.batch, args.threads)
   load_before = os.getloadavg()[0]
-  jt, tt = [], []
+  tt = []
   for i in range(args.warmup + args.rounds):
-    start = time.perf_counter()
-    state, m = run(compiled, state, i)
-    jax.block_until_ready((state, m))
-    jt.append(time.perf_counter() - start)
+    for entry in (steps if i % 2 == 0 else steps[::-1]):  # which one runs first alternates
+      fn, st, step_run, times = entry
+      start = time.perf_counter()
+      st, m = step_run(fn, st, i)
+      jax.block_until_ready((st, m))
+      times.append(time.perf_counter() - start)
+      entry[1] = st
     start = time.perf_counter()
     torch_step()
     tt.append(time.perf_counter() - start)
+  jt = steps[-1][3]  # the variant's own step (the changed one where there are two)
+  state = steps[0][1]
   jax_ms, torch_ms = (1e3 * statistics.median(t[args.warmup:]) for t in (jt, tt))
   record = {'variant': args.variant, 'conv': conv, 'xla_flags': os.environ['XLA_FLAGS'],
             'jax_ms': jax_ms, 'torch_ms': torch_ms, 'torch_over_jax': torch_ms / jax_ms,
@@ -286,6 +328,13 @@ def run_variant(args):
             'load': [load_before, os.getloadavg()[0]],
             'jax_all_ms': [round(1e3 * t, 1) for t in jt],
             'torch_all_ms': [round(1e3 * t, 1) for t in tt]}
+  if change:
+    base = steps[0][3]
+    record['base_ms'] = 1e3 * statistics.median(base[args.warmup:])
+    record['base_all_ms'] = [round(1e3 * t, 1) for t in base]
+    # per round, changed / unchanged step: the median of the paired ratios
+    record['changed_over_base'] = statistics.median(
+        a / b for a, b in zip(jt[args.warmup:], base[args.warmup:]))
   if args.profile:
     state, record['jax_profile'], record['jax_profile_wall_ms'] = _profile_jax(
         compiled, state, run, 3, params)
@@ -404,6 +453,10 @@ def main(argv=None):
     print(f'{variant:<16} jax {r["jax_ms"]:8.1f} ms  torch {r["torch_ms"]:8.1f} ms  '
           f'torch/jax {r["torch_over_jax"]:5.2f}  compile {r["compile_s"]:5.1f} s  '
           f'load {r["load"][0]:.1f}-{r["load"][1]:.1f}', flush=True)
+    if 'base_ms' in r:
+      print(f'{"":<16} unchanged cpu step in the same process {r["base_ms"]:8.1f} ms  '
+            f'torch/jax {r["torch_ms"] / r["base_ms"]:5.2f}; changed/unchanged per round '
+            f'(median) {r["changed_over_base"]:5.3f}', flush=True)
     if args.profile:
       _print_profile('JAX', r['jax_profile'], r['jax_profile_wall_ms'])
       _print_profile('torch', r['torch_profile'], r['torch_profile_wall_ms'])

@@ -26,6 +26,12 @@ import jax
 import jax.numpy as jnp
 
 
+def moments(x, axes):
+  """Mean and biased variance of `x` over `axes`, two passes (the variance of x - mean)."""
+  mean = jnp.mean(x, axis=axes)
+  return mean, jnp.mean(jnp.square(x - mean), axis=axes)
+
+
 class BatchNorm(nn.Module):
   """torch.nn.BatchNorm2d on NHWC (channels-last) inputs."""
   momentum: float = 0.1  # torch convention: weight of the new batch statistic
@@ -55,8 +61,7 @@ class BatchNorm(nn.Module):
           raise ValueError(
               f'BatchNorm in train mode needs more than 1 value per channel, got '
               f'input shape {x.shape}; use a larger batch or train=False.')
-        mean = jnp.mean(xf, axis=axes)
-        var = jnp.mean(jnp.square(xf - mean), axis=axes)  # biased, two-pass
+        mean, var = moments(xf, axes)
       else:
         w = mask.astype(f32).reshape((-1,) + (1,) * (x.ndim - 1))
         n = jnp.sum(mask.astype(f32)) * per_sample

@@ -24,7 +24,7 @@ from scipy import stats
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from enstransfer_jax import distill, rundir  # pylint: disable=wrong-import-position
-from enstransfer_jax.analysis import pipeline, report  # pylint: disable=wrong-import-position
+from enstransfer_jax.analysis import pipeline, tables  # pylint: disable=wrong-import-position
 
 VALUES = (('acc', 100.0, '.2f'), ('nll', 1.0, '.3f'), ('ece', 1.0, '.3f'),
           ('ece_tempered', 1.0, '.3f'), ('aurc', 1.0, '.4f'), ('ood_auroc', 1.0, '.3f'))
@@ -75,7 +75,7 @@ def main(argv=None):
           f"{res['one_model']['greedy_members']}", flush=True)
     rows += [{'method': method, 'seed': seed, 'greedy_members': ' '.join(
         map(str, res['one_model']['greedy_members'])), **r} for r in res['one_model']['rows']]
-  report.write_csv(os.path.join(args.out, 'one_model_runs.csv'), rows)
+  tables.write_csv(os.path.join(args.out, 'one_model_runs.csv'), rows)
   table = []
   for method in dict.fromkeys(r['method'] for r in rows):
     for model in dict.fromkeys(r['model'] for r in rows):
@@ -96,7 +96,7 @@ def main(argv=None):
           ('nll', 'NLL'), ('nll_vs_ensemble', 'NLL - ensemble'), ('ece', 'ECE'),
           ('ece_tempered', 'ECE, T-scaled'), ('aurc', 'AURC'),
           ('ood_auroc', 'OOD AUROC (entropy)')]
-  text = report.markdown_table(table, cols, {c: str for c, _ in cols})
+  text = tables.markdown_table(table, cols, {c: str for c, _ in cols})
   with open(os.path.join(args.out, 'one_model.md'), 'w') as f:
     f.write(text + '\n')
   print(text)

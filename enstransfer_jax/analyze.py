@@ -25,7 +25,7 @@ import os
 import sys
 
 from enstransfer_jax import rundir
-from enstransfer_jax.analysis import pipeline, report
+from enstransfer_jax.analysis import compare, pipeline
 from enstransfer_jax.errors import UserError
 from enstransfer_jax.training import wandb_log
 
@@ -171,8 +171,8 @@ def analyze_runs(workdirs, out=None, *, subset=512, progress=True, compare_only=
   rows = None
   if len(workdirs) > 1 or compare_only:
     cmp_dir = out if out is not None else os.path.join(os.getcwd(), 'analysis')
-    rows = report.write_comparison(cmp_dir,
-                                   group_by_setting([_read_summary(w) for w in workdirs]))
+    rows = compare.write_comparison(cmp_dir,
+                                    group_by_setting([_read_summary(w) for w in workdirs]))
     if len(results) > 1:  # the thesis's analyses pooled over runs (analysis/study.py)
       from enstransfer_jax.analysis import study  # pylint: disable=g-import-not-at-top
       pooled = study.write_pooled(cmp_dir, results)
@@ -180,8 +180,7 @@ def analyze_runs(workdirs, out=None, *, subset=512, progress=True, compare_only=
         print(f"== pooled analyses: {pooled['study.md']}", flush=True)
     if progress:
       print(f"== comparison: {os.path.join(cmp_dir, 'comparison.md')}", flush=True)
-      print(report.markdown_table(rows, report.COMPARISON_COLUMNS,
-                                  {k: str for k, _ in report.COMPARISON_COLUMNS}), flush=True)
+      print(compare.markdown(rows), flush=True)
   return {'runs': results, 'comparison': rows}
 
 

@@ -32,17 +32,15 @@ thesis's Table 4.1 values (analysis/thesis.py).
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import importlib
-import math
 import os
 import sys
 import time
-from typing import Any, List, Optional
+from typing import Any
 
-import numpy as np
 from enstransfer_jax import rundir
+from enstransfer_jax.analysis import compare, tables
 from enstransfer_jax.errors import UserError
 
 REFERENCE = 'starsse'
@@ -59,8 +57,6 @@ ANIMALS_METHODS = ('single', 'local_de', 'global_de', 'sse', 'starsse', 'sse_rtd
                    'starsse_ce', 'freeze_starsse', 'freeze_starsse_layer4',
                    'freeze_starsse_through_layer4', 'starsse_lr2')
 WALL_TIME = 'wall_time.json'
-# The values whose paired differences against the reference method the table holds.
-PAIRED = ('ensemble_acc', 'ensemble_nll', 'diversity')
 
 
 @dataclasses.dataclass
@@ -266,85 +262,28 @@ def run_jobs(jobs, progress=True, train=True):
 # --- the table ---------------------------------------------------------------------------
 
 
-def mean_std(values):
-  """(mean, sample std with ddof 1; nan for one value) of a list of numbers."""
-  v = np.asarray(values, np.float64)
-  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float('nan')
-
-
-def paired_interval(x, y, level=0.95):
-  """Mean of d = x - y over paired seeds and its two-sided t-interval (nan for n < 2)."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-  d = np.asarray(x, np.float64) - np.asarray(y, np.float64)
-  n = len(d)
-  mean = float(d.mean())
-  if n < 2:
-    return mean, float('nan'), float('nan')
-  half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
-  return mean, mean - half, mean + half
-
-
 def run_values(summary):
-  """The per-run numbers the table aggregates (accuracies in %)."""
-  ens = summary['ensembles']
-  return {
-      'member_acc': 100 * summary['mean_member_acc'],
-      'ensemble_acc': 100 * ens[-1]['acc'],
-      'ensemble_nll': ens[-1]['nll'],
-      'diversity': summary['diversity'] if len(ens) > 1 else float('nan'),
-      'wall_seconds': summary.get('wall_seconds', float('nan')),
-      'cycle_epoch_seconds': rundir.RunDir(summary['workdir']).cycle_epoch_seconds(),
-      'acc_by_size': [100 * e['acc'] for e in ens],
-  }
+  """The per-run numbers the table aggregates: compare.run_values, the wall time and the
+  seconds per cycle epoch."""
+  return dict(compare.run_values(summary), wall_seconds=summary.get('wall_seconds', float('nan')),
+              cycle_epoch_seconds=rundir.RunDir(summary['workdir']).cycle_epoch_seconds())
 
 
 def table_rows(results, methods, reference=REFERENCE):
-  """One row per method: mean / std over its seeds and the paired differences to `reference`
-  on the seeds both have."""
-  by_method = {m: {s: run_values(r) for (mm, s), r in results.items() if mm == m}
-               for m in methods}
-  ref = by_method.get(reference, {})
-  rows = []
-  for m in methods:
-    runs = by_method[m]
-    if not runs:
-      continue
-    seeds = sorted(runs)
-    row = {'method': m, 'seeds': len(seeds), 'members': len(runs[seeds[0]]['acc_by_size'])}
-    for key in ('member_acc', 'ensemble_acc', 'ensemble_nll', 'diversity', 'wall_seconds',
-                'cycle_epoch_seconds'):
-      row[f'{key}_mean'], row[f'{key}_std'] = mean_std([runs[s][key] for s in seeds])
-    sizes = min(len(runs[s]['acc_by_size']) for s in seeds)
-    for k in range(sizes):
-      row[f'acc_k{k + 1}_mean'], row[f'acc_k{k + 1}_std'] = mean_std(
-          [runs[s]['acc_by_size'][k] for s in seeds])
-    common = [s for s in seeds if s in ref]
-    row['paired_seeds'] = len(common) if m != reference else 0
-    for key in PAIRED:
-      if m != reference and common:
-        d = paired_interval([runs[s][key] for s in common], [ref[s][key] for s in common])
-      else:
-        d = (float('nan'),) * 3
-      row[f'{key}_diff'], row[f'{key}_diff_lo'], row[f'{key}_diff_hi'] = d
-    rows.append(row)
-  return rows
+  """One row per method (compare.method_rows): mean / sample std over its seeds and the paired
+  differences to `reference` on the seeds both have."""
+  runs = {m: {s: run_values(r) for (mm, s), r in sorted(results.items()) if mm == m}
+          for m in methods}
+  return compare.method_rows(runs, compare.COLUMNS + ('wall_seconds', 'cycle_epoch_seconds'),
+                             reference)
 
 
 def _pm(row, key, spec='.2f'):
-  mean, std = row.get(f'{key}_mean'), row.get(f'{key}_std')
-  if mean is None or not math.isfinite(mean):
-    return '-'
-  return f'{mean:{spec}}' + (f' +- {std:{spec}}' if math.isfinite(std) else '')
+  return compare.pm(row.get(f'{key}_mean'), row.get(f'{key}_std'), spec)
 
 
 def _diff(row, key, spec='.2f'):
-  d, lo, hi = row[f'{key}_diff'], row[f'{key}_diff_lo'], row[f'{key}_diff_hi']
-  if not math.isfinite(d):
-    return '-'
-  if not math.isfinite(lo):
-    return f'{d:+{spec}}'
-  mark = ' *' if lo > 0 or hi < 0 else ''
-  return f'{d:+{spec}} [{lo:+{spec}}, {hi:+{spec}}]{mark}'
+  return compare.diff(row[f'{key}_diff'], row[f'{key}_diff_lo'], row[f'{key}_diff_hi'], spec)
 
 
 def markdown(rows, reference=REFERENCE, thesis_rows=None):
@@ -402,26 +341,10 @@ def thesis_comparison(results, rows):
 
 def write_table(out, rows, reference=REFERENCE, thesis_rows=None, name='table'):
   """<name>.md and <name>.csv in `out`; returns the markdown."""
-  from enstransfer_jax import atomic  # pylint: disable=g-import-not-at-top
   text = markdown(rows, reference, thesis_rows)
-  columns = []
-  for r in rows:
-    columns += [k for k in r if k not in columns]
-
-  def write_csv(tmp):
-    with open(tmp, 'w', newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=columns)
-      writer.writeheader()
-      for r in rows:
-        writer.writerow({k: r.get(k, '') for k in columns})
-
-  def write_md(tmp):
-    with open(tmp, 'w') as f:
-      f.write(text)
-
   os.makedirs(out, exist_ok=True)
-  atomic.write(os.path.join(out, f'{name}.csv'), write_csv)
-  atomic.write(os.path.join(out, f'{name}.md'), write_md)
+  tables.write_csv(os.path.join(out, f'{name}.csv'), rows)
+  tables.write_text(os.path.join(out, f'{name}.md'), text)
   return text
 
 

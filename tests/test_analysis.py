@@ -21,7 +21,7 @@ import torch
 
 from configs import quickstart
 from enstransfer_jax import analyze, checkpoints, metrics, models
-from enstransfer_jax.analysis import basin, evaluate, pipeline, report, soup, weights
+from enstransfer_jax.analysis import basin, compare, evaluate, pipeline, soup, tables, weights
 from enstransfer_jax.data import augment, datasets
 import torch_resnet
 
@@ -170,13 +170,14 @@ def test_comparison_table(tmp_path):
   rows = {r['method']: r for r in _read_csv(tmp_path / 'cmp' / 'comparison.csv')}
   assert list(rows) == ['sse', 'starsse'] and rows['sse']['runs'] == '2'
   np.testing.assert_allclose(float(rows['sse']['ensemble_acc_mean']), 87.5)
-  np.testing.assert_allclose(float(rows['sse']['ensemble_acc_std']), np.std([87.0, 88.0]))
-  np.testing.assert_allclose(float(rows['sse']['diversity_std']), 1.0)
-  assert out['comparison'][0]['member_acc'] == '85.50 +- 0.50'
+  np.testing.assert_allclose(float(rows['sse']['ensemble_acc_std']),
+                             np.std([87.0, 88.0], ddof=1))
+  np.testing.assert_allclose(float(rows['sse']['diversity_std']), np.std([70.0, 72.0], ddof=1))
+  assert out['comparison'][0]['member_acc'] == '85.50 +- 0.71'  # sample std (ddof 1)
   md = (tmp_path / 'cmp' / 'comparison.md').read_text()
-  assert '| sse | 2 | 85.50 +- 0.50 | 71.00 +- 1.00 | 5 | 87.50 +- 0.50 |' in md
+  assert '| sse | 2 | 85.50 +- 0.71 | 71.00 +- 1.41 | 5 | 87.50 +- 0.71 |' in md
   with pytest.raises(ValueError, match='lacks'):
-    report.comparison([{'name': 'x'}])
+    compare.comparison([{'name': 'x'}])
 
 
 def test_wandb_logging_is_lazy_and_optional(tmp_path, monkeypatch):
@@ -195,7 +196,7 @@ def test_wandb_logging_is_lazy_and_optional(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'wandb', fake)
   png = tmp_path / 'a.png'
   png.write_bytes(b'')
-  report.write_csv(tmp_path / 't.csv', [{'x': 1}])
+  tables.write_csv(tmp_path / 't.csv', [{'x': 1}])
   files = {'a.png': str(png), 't.csv': str(tmp_path / 't.csv')}
   import ml_collections  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict({'wandb_mode': 'offline', 'name': 'n'})

@@ -76,14 +76,6 @@ def test_paired_difference_against_scipy(table):
   assert int(row['paired_seeds']) == 2
 
 
-def test_paired_interval_against_scipy_five_seeds():
-  rng = np.random.default_rng(0)
-  x, y = rng.normal(90, 1, 5), rng.normal(89, 1, 5)
-  mean, lo, hi = reproduce.paired_interval(x, y)
-  ci = stats.ttest_rel(x, y).confidence_interval(0.95)
-  np.testing.assert_allclose([mean, lo, hi], [np.mean(x - y), ci.low, ci.high], rtol=1e-12)
-
-
 def test_one_pretraining_shared_by_every_seed(table):
   """One pre-training (<out>/pretrain, seed digits_task.PRETRAIN_SEED); every method and every
   fine-tuning seed starts from its checkpoint."""

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import optimize
 
 from enstransfer_jax import metrics
+from enstransfer_jax.analysis import tables
 from enstransfer_jax.errors import UserError
 
 N_BINS = 15
@@ -156,7 +157,7 @@ def write_files(res, out):
   """calibration.csv, calibration.json (the temperature), reliability.csv and reliability.png
   in `out`. Returns {file name: path}."""
   import os  # pylint: disable=g-import-not-at-top
-  from enstransfer_jax.analysis import plots, report  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   p = lambda name: os.path.join(out, name)
   s = res['scaling']
   rows = [{'ensemble': when, 'temperature': 1.0 if when == 'before' else s['temperature'],
@@ -166,16 +167,15 @@ def write_files(res, out):
            'accuracy': float(c['accuracy'][b])}
           for name, c in res['reliability'].items() for b in range(len(c['lo']))]
   return {
-      'calibration.csv': report.write_csv(p('calibration.csv'), rows,
+      'calibration.csv': tables.write_csv(p('calibration.csv'), rows,
                                           ['ensemble', 'temperature', 'nll', 'ece', 'acc']),
-      'calibration.json': report.write_json(p('calibration.json'), s),
-      'reliability.csv': report.write_csv(p('reliability.csv'), bins),
+      'calibration.json': tables.write_json(p('calibration.json'), s),
+      'reliability.csv': tables.write_csv(p('reliability.csv'), bins),
       'reliability.png': plots.reliability(p('reliability.png'), res['reliability'])}
 
 
 def report_lines(res, files):
   """The report's 'Calibration' section (Markdown lines)."""
-  from enstransfer_jax.analysis import report  # pylint: disable=g-import-not-at-top
   s = res['scaling']
   rows = [{'ensemble': 'as trained', **s['before']},
           {'ensemble': f"temperature {s['temperature']:.3f}", **s['after']}]
@@ -191,9 +191,9 @@ def report_lines(res, files):
         f" / T), T minimising the NLL. {where}; {s['examples']} examples. "
         f"`Ensemble.load(workdir, temperature={s['temperature']:.3f})` or `predict "
         f"--temperature {s['temperature']:.3f}` applies it (also in calibration.json).", '',
-        report.markdown_table(rows, [('ensemble', 'ensemble'), ('acc', 'acc (%)'),
+        tables.markdown_table(rows, [('ensemble', 'ensemble'), ('acc', 'acc (%)'),
                                      ('nll', 'NLL'), ('ece', 'ECE')],
-                              {'ensemble': str, 'acc': report.pct}), '']
+                              {'ensemble': str, 'acc': tables.pct}), '']
   if 'reliability.png' in files:
     md += ['Reliability diagrams (15 confidence bins; the ensemble and member 1 on the '
            'evaluation split, the tempered ensemble where the NLL after scaling is measured):',

@@ -28,7 +28,7 @@ import os
 import numpy as np
 
 from enstransfer_jax import checkpoints, distill, metrics, models, rundir
-from enstransfer_jax.analysis import calibration, evaluate, ood, selective, soup
+from enstransfer_jax.analysis import calibration, evaluate, ood, selective, soup, tables
 from enstransfer_jax.training import workdir as wd
 
 DISTILL_DIR = distill.DEFAULT_DIR  # WORKDIR/distill: the distilled student
@@ -165,12 +165,12 @@ COLUMNS = [('model', 'model'), ('networks', 'networks / image'), ('acc', 'acc (%
 
 def write_files(rows, out):
   """one_model.csv, risk_coverage.csv and risk_coverage.png; the curves leave `rows`."""
-  from enstransfer_jax.analysis import plots, report  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   curves = {r['model']: r.pop('curve') for r in rows}
   p = lambda name: os.path.join(out, name)
-  files = {'one_model.csv': report.write_csv(p('one_model.csv'), rows,
+  files = {'one_model.csv': tables.write_csv(p('one_model.csv'), rows,
                                              [c for c, _ in COLUMNS] + ['brier', 'temperature']),
-           'risk_coverage.csv': report.write_csv(p('risk_coverage.csv'), [
+           'risk_coverage.csv': tables.write_csv(p('risk_coverage.csv'), [
                {'model': name, 'coverage': float(c), 'risk': float(r)}
                for name, (cov, risk) in curves.items() for c, r in zip(cov, risk)])}
   fig, ax = plots.plt.subplots(figsize=(5, 4))
@@ -187,24 +187,23 @@ def write_files(rows, out):
 
 def report_lines(r, files):
   """The report's 'One network instead of the ensemble' section (Markdown lines)."""
-  from enstransfer_jax.analysis import report  # pylint: disable=g-import-not-at-top
   cols = [c for c in COLUMNS if c[0] != 'ood_auroc' or r['ood']]
-  steps = ', '.join(f"{s['member']} ({report.pct(s['score'])}%"
+  steps = ', '.join(f"{s['member']} ({tables.pct(s['score'])}%"
                     f"{'' if s['added'] else ', left out'})" for s in r['greedy_steps'])
   md = ['## One network instead of the ensemble', '',
         f"Greedy soup (members by held-out score, each kept when the soup's held-out score "
         f"does not drop; BN statistics recomputed on {r['bn_examples']} training images) held "
         f"out on {r['held_out']}: members tried {steps}; soup of members "
         f"{', '.join(map(str, r['greedy_members']))}. Members alone on the held-out data: "
-        f"{', '.join(report.pct(a) + '%' for a in r['member_held_out'])}.", '',
+        f"{', '.join(tables.pct(a) + '%' for a in r['member_held_out'])}.", '',
         'On the evaluation split; T-scaled: temperature fitted by 2-fold cross-validation on '
         'it; AURC: area under the risk-coverage curve (confidence = max probability), E-AURC '
         'its excess over the best ordering of the same errors'
         + (f"; OOD AUROC: predictive entropy against {r['ood']}" if r['ood'] else '') + '. '
         + (f"Distilled student: {r['student']}." if r['student'] else
            'No distilled student (python -m enstransfer_jax.distill WORKDIR makes one).'), '',
-        report.markdown_table(r['rows'], cols, {'model': str, 'networks': str,
-                                                'acc': report.pct}), '',
+        tables.markdown_table(r['rows'], cols, {'model': str, 'networks': str,
+                                                'acc': tables.pct}), '',
         'Both soups are saved as runs of one member: [uniform_soup/](uniform_soup/), '
         '[greedy_soup/](greedy_soup/) (`Ensemble.load`, `predict`, `analyze` read them).', '']
   if 'risk_coverage.png' in files:

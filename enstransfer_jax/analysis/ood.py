@@ -15,6 +15,7 @@ computed with scikit-learn; 0.5 AUROC is chance, 1.0 perfect separation.
 """
 
 import numpy as np
+from enstransfer_jax.analysis import tables
 from enstransfer_jax.errors import UserError
 
 SCORES = ('entropy', 'mutual_information', 'expected_entropy', 'member1_entropy')
@@ -120,10 +121,10 @@ def write_files(res, out):
   """ood.csv and ood_hist.png in `out`; drops the per-example scores from `res` (they would
   bloat analysis.json). Returns {file name: path}."""
   import os  # pylint: disable=g-import-not-at-top
-  from enstransfer_jax.analysis import plots, report  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   scores = res.pop('scores')
   return {
-      'ood.csv': report.write_csv(os.path.join(out, 'ood.csv'), res['rows'],
+      'ood.csv': tables.write_csv(os.path.join(out, 'ood.csv'), res['rows'],
                                   ['score', 'auroc', 'aupr', 'mean_in', 'mean_out']),
       'ood_hist.png': plots.ood_histograms(
           os.path.join(out, 'ood_hist.png'), scores,
@@ -132,7 +133,6 @@ def write_files(res, out):
 
 def report_lines(res, files):
   """The report's 'Out-of-distribution detection' section (Markdown lines)."""
-  from enstransfer_jax.analysis import report  # pylint: disable=g-import-not-at-top
   names = {'entropy': 'ensemble entropy', 'mutual_information': 'mutual information',
            'expected_entropy': 'mean member entropy', 'member1_entropy': 'member 1 entropy'}
   rows = [{**r, 'score': names.get(r['score'], r['score'])} for r in res['rows']]
@@ -142,7 +142,7 @@ def report_lines(res, files):
         'more likely OOD; AUROC and AUPR (average precision, OOD positive) with '
         'scikit-learn.', '']
   md += [f'- {n}' for n in res.get('notes', [])] + ([''] if res.get('notes') else [])
-  md += [report.markdown_table(rows, [('score', 'score'), ('auroc', 'AUROC'), ('aupr', 'AUPR'),
+  md += [tables.markdown_table(rows, [('score', 'score'), ('auroc', 'AUROC'), ('aupr', 'AUPR'),
                                       ('mean_in', 'mean (ID)'), ('mean_out', 'mean (OOD)')],
                                {'score': str}), '']
   if 'ood_hist.png' in files:

@@ -7,18 +7,18 @@ import os
 
 import numpy as np
 
-from enstransfer_jax.analysis import plots, report
+from enstransfer_jax.analysis import plots, report, tables
 
 
 def write_outputs(res, out):
   """CSV / JSON tables, PNG plots and report.md; returns {name: path}."""
   p = lambda name: os.path.join(out, name)
   files = {
-      'members.csv': report.write_csv(p('members.csv'), res['members']),
-      'ensembles.csv': report.write_csv(p('ensembles.csv'), res['ensembles']),
-      'diversity.csv': report.write_csv(p('diversity.csv'), report.matrix_rows(
+      'members.csv': tables.write_csv(p('members.csv'), res['members']),
+      'ensembles.csv': tables.write_csv(p('ensembles.csv'), res['ensembles']),
+      'diversity.csv': tables.write_csv(p('diversity.csv'), tables.matrix_rows(
           res['diversity_matrix'])),
-      'similarity.csv': report.write_csv(p('similarity.csv'), res['similarity']),
+      'similarity.csv': tables.write_csv(p('similarity.csv'), res['similarity']),
   }
   acc = [m['acc'] for m in res['members']]
   files['ensemble_accuracy.png'] = plots.ensemble_accuracy(
@@ -31,10 +31,10 @@ def write_outputs(res, out):
       files[f'similarity_{m}.png'] = plots.similarity_vs_accuracy(
           p(f'similarity_{m}.png'), res['similarity'], acc, m)
   if 'weights' in res:
-    files['weights.csv'] = report.write_csv(p('weights.csv'), res['weights'])
-    files['update_cosine.csv'] = report.write_csv(p('update_cosine.csv'),
-                                                  report.matrix_rows(res['update_cosine']))
-    files['weight_pairs.csv'] = report.write_csv(p('weight_pairs.csv'), res['weight_pairs'])
+    files['weights.csv'] = tables.write_csv(p('weights.csv'), res['weights'])
+    files['update_cosine.csv'] = tables.write_csv(p('update_cosine.csv'),
+                                                  tables.matrix_rows(res['update_cosine']))
+    files['weight_pairs.csv'] = tables.write_csv(p('weight_pairs.csv'), res['weight_pairs'])
     files['weights.png'] = plots.weight_distances(p('weights.png'), res['weights'])
     if res['weight_pairs']:
       wp = res['weight_pairs']
@@ -44,20 +44,20 @@ def write_outputs(res, out):
           'Weight similarity against diversity',
           [f"{r['member_i']}-{r['member_j']}" for r in wp])
   if 'soup' in res:
-    files['soup.csv'] = report.write_csv(p('soup.csv'), [
+    files['soup.csv'] = tables.write_csv(p('soup.csv'), [
         {'model': 'uniform soup', **res['soup']},
         {'model': f"ensemble of {res['ensembles'][-1]['size']}", **res['ensembles'][-1]},
         {'model': 'mean member', 'acc': res['mean_member_acc']}],
         ['model', 'acc', 'nll', 'ece', 'brier'])
   if 'basin' in res:
     b = res['basin']
-    files['interpolation.csv'] = report.write_csv(p('interpolation.csv'), [
+    files['interpolation.csv'] = tables.write_csv(p('interpolation.csv'), [
         {'line': k, **pt} for k, pts in b['lines'].items() for pt in pts])
     if b['lines']:
       files['interpolation.png'] = plots.interpolation(p('interpolation.png'), b['lines'])
     if b['plane'] is not None:
       pl = b['plane']
-      files['plane.csv'] = report.write_csv(p('plane.csv'), [
+      files['plane.csv'] = tables.write_csv(p('plane.csv'), [
           {'x': float(x), 'y': float(y), 'loss': float(pl['loss'][i, j]),
            'acc': float(pl['acc'][i, j])}
           for i, y in enumerate(pl['y']) for j, x in enumerate(pl['x'])])
@@ -66,6 +66,6 @@ def write_outputs(res, out):
     files['lr_schedule.png'] = plots.learning_rate(p('lr_schedule.png'), res['lr'],
                                                    res['steps_per_epoch'])
   body = {k: v for k, v in res.items() if k not in ('lr', 'files')}
-  files['analysis.json'] = report.write_json(p('analysis.json'), body)
+  files['analysis.json'] = tables.write_json(p('analysis.json'), body)
   files['report.md'] = report.write_run_report(p('report.md'), res, files)
   return files

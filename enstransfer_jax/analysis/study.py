@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from enstransfer_jax.analysis import report, study_plots, subensembles, weights
+from enstransfer_jax.analysis import study_plots, subensembles, tables, weights
 from enstransfer_jax.errors import UserError
 
 TABLE_COLUMNS = ['group', 'ensembles', 'of', 'mean_member_acc_mean', 'mean_member_acc_std',
@@ -93,10 +93,10 @@ def write_files(res, out):
   p = lambda name: os.path.join(out, name)
   files = {}
   if res.get('distances_to_first') or res.get('weight_distances_to_first'):
-    files['distances_to_member1.csv'] = report.write_csv(
+    files['distances_to_member1.csv'] = tables.write_csv(
         p('distances_to_member1.csv'), res['distances_to_first'],
         ['member', 'acc', 'layer', 'rtd', 'mse', 'wasserstein'])
-    files['weight_distances_to_member1.csv'] = report.write_csv(
+    files['weight_distances_to_member1.csv'] = tables.write_csv(
         p('weight_distances_to_member1.csv'), res['weight_distances_to_first'],
         ['member', 'acc', 'stage', 'log10_mse', 'l2', 'num_params'])
     png = study_plots.distances_vs_accuracy(p('distances_to_member1.png'),
@@ -106,18 +106,18 @@ def write_files(res, out):
       files['distances_to_member1.png'] = png
   if 'raw_weight_cosine' in res and res['raw_weight_cosine']['pairs']:
     pairs = res['raw_weight_cosine']['pairs']
-    files['raw_weight_cosine.csv'] = report.write_csv(p('raw_weight_cosine.csv'), pairs)
+    files['raw_weight_cosine.csv'] = tables.write_csv(p('raw_weight_cosine.csv'), pairs)
     rc = res['raw_weight_cosine']
     files['raw_weight_cosine.png'] = study_plots.cosine_rows(
         p('raw_weight_cosine.png'), pairs, [rc.get(k, float('nan')) for k in (
             'correlation', 'correlation_with_first', 'correlation_others')])
   if 'subensembles' in res:
     s = res['subensembles']
-    files['subensembles.csv'] = report.write_csv(p('subensembles.csv'), s['rows'])
-    files['subensembles_table.csv'] = report.write_csv(p('subensembles_table.csv'), s['table'],
+    files['subensembles.csv'] = tables.write_csv(p('subensembles.csv'), s['rows'])
+    files['subensembles_table.csv'] = tables.write_csv(p('subensembles_table.csv'), s['table'],
                                                        TABLE_COLUMNS)
     if s['line'] is not None:
-      files['subensembles_svm.csv'] = report.write_csv(p('subensembles_svm.csv'),
+      files['subensembles_svm.csv'] = tables.write_csv(p('subensembles_svm.csv'),
                                                        _line_csv(s['line']))
     best = subensembles.extremes(s['rows'])[1]
     files['subensembles.png'] = study_plots.subensembles(
@@ -145,7 +145,7 @@ def _svm_line(line):
 
 
 def report_lines(res, files):
-  """report.md section of the thesis's analyses."""
+  """tables.md section of the thesis's analyses."""
   if 'raw_weight_cosine' not in res:
     return []
   md = ['## The thesis\'s analyses (Sections 4 and 6)', '',
@@ -160,9 +160,9 @@ def report_lines(res, files):
   md += ['**Figures 6.2 / 6.4** (raw_weight_cosine.png, .csv): cosine of the raw weight '
          'vectors w_i.w_j / (|w_i| |w_j|) of each pair of members against their diversity '
          '(pairs with member 1 apart); Pearson correlation '
-         f"{report.fmt(rc['correlation'], '.3f')} over all pairs, "
-         f"{report.fmt(rc.get('correlation_with_first'), '.3f')} over the pairs with member 1, "
-         f"{report.fmt(rc.get('correlation_others'), '.3f')} over the others (the thesis: -0.625 "
+         f"{tables.fmt(rc['correlation'], '.3f')} over all pairs, "
+         f"{tables.fmt(rc.get('correlation_with_first'), '.3f')} over the pairs with member 1, "
+         f"{tables.fmt(rc.get('correlation_others'), '.3f')} over the others (the thesis: -0.625 "
          'across its runs, 0.02 on average within a run).', '']
   md += _img(files, 'raw_weight_cosine.png', 'weight cosine against diversity')
   if 'subensembles' in res:
@@ -172,7 +172,7 @@ def report_lines(res, files):
            f"ensemble in subensembles.csv): the {s['count']} ensembles of {s['k']} {which}; "
            'mean member accuracy against diversity coloured by ensemble accuracy, the best 5 % '
            'marked. ' + _svm_line(s['line']), '',
-           report.markdown_table(_table_rows(s['table']), [
+           tables.markdown_table(_table_rows(s['table']), [
                ('group', ''), ('ensembles', 'ensembles'), ('mean_member_acc', 'avg. acc. (%)'),
                ('diversity', 'div.'), ('ensemble_acc', 'ens. acc. (%)')],
                {c: str for c in ('group', 'ensembles', 'mean_member_acc', 'diversity',
@@ -198,14 +198,14 @@ def write_pooled(out, results):
     within = [correlation(qs) for _, qs in groups]
     within = [c for c in within if np.isfinite(c)]
     glob = correlation(pairs)
-    files['weight_cosine_pairs.csv'] = report.write_csv(p('weight_cosine_pairs.csv'), pairs)
+    files['weight_cosine_pairs.csv'] = tables.write_csv(p('weight_cosine_pairs.csv'), pairs)
     files['weight_cosine_vs_diversity.png'] = study_plots.cosine_vs_diversity(
-        p('weight_cosine_vs_diversity.png'), groups, f"all runs: corr {report.fmt(glob, '.3f')}")
+        p('weight_cosine_vs_diversity.png'), groups, f"all runs: corr {tables.fmt(glob, '.3f')}")
     md += ['**Figure 6.2** (weight_cosine_vs_diversity.png, weight_cosine_pairs.csv): raw '
            f'weight cosine against diversity over {len(pairs)} pairs of {len(groups)} runs, '
-           f"one colour a run. Pearson correlation over all pairs {report.fmt(glob, '.3f')}; "
+           f"one colour a run. Pearson correlation over all pairs {tables.fmt(glob, '.3f')}; "
            'mean of the within-run correlations '
-           f"{report.fmt(float(np.mean(within)) if within else float('nan'), '.3f')} (the "
+           f"{tables.fmt(float(np.mean(within)) if within else float('nan'), '.3f')} (the "
            'thesis: -0.625 and 0.02).', '', '![weight cosine](weight_cosine_vs_diversity.png)',
            '']
   methods = {}
@@ -223,13 +223,13 @@ def write_pooled(out, results):
     panels.append((f'{name} ({len(studies)} runs)', rows, subensembles.extremes(rows)[1],
                    subensembles.separating_line(rows)))
   if table:
-    files['subensembles_table.csv'] = report.write_csv(p('subensembles_table.csv'), table,
+    files['subensembles_table.csv'] = tables.write_csv(p('subensembles_table.csv'), table,
                                                        ['method'] + TABLE_COLUMNS)
     files['subensembles.png'] = study_plots.subensembles(p('subensembles.png'), panels,
                                                          next(iter(ks)))
     md += ['**Table 6.1 / Figure 6.1** (subensembles_table.csv, subensembles.png): each '
            "method's sub-ensembles of all its runs pooled; worst and best 5 % by ensemble "
-           'accuracy.', '', report.markdown_table(_table_rows(table), [
+           'accuracy.', '', tables.markdown_table(_table_rows(table), [
                ('method', 'method'), ('group', ''), ('ensembles', 'ensembles'),
                ('mean_member_acc', 'avg. acc. (%)'), ('diversity', 'div.'),
                ('ensemble_acc', 'ens. acc. (%)')], {c: str for c in (

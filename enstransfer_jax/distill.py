@@ -79,9 +79,7 @@ def student_config(workdir, epochs=None, temperature=1.0, alpha=1.0, lr=None, in
   run = rundir.RunDir(workdir)
   config, info = run.config(defaults=True), run.run_info()
   run.summary()  # a finished run
-  ids = run.member_ids()
-  if not ids:
-    raise UserError(f'{workdir} holds no member checkpoint (members/<i>/checkpoint)')
+  ids = run.member_ids(required=True)
   if not temperature > 0:
     raise UserError(f'--temperature {temperature}: it must be > 0')
   if not 0.0 <= alpha <= 1.0:

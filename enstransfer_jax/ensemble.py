@@ -120,9 +120,7 @@ class Ensemble:
       raise UserError(f'{workdir} holds an unfinished run (no summary.json); run its training '
                       'command again to finish it, or pass --allow-partial to use the finished '
                       'members')
-    found = run.member_ids()
-    if not found:
-      raise UserError(f'{workdir} holds no member checkpoint (members/<i>/checkpoint)')
+    found = run.member_ids(required=True)
     note = run.check_members(found, allow_partial) if members is None else ''
     ids = found if members is None else [int(m) for m in members]
     missing = [m for m in ids if m not in found]

@@ -9,7 +9,6 @@ import shutil
 from typing import Any, Dict
 
 from enstransfer_jax import atomic, checkpoints, rundir
-from enstransfer_jax.errors import UserError
 
 
 def export_members(workdir, out_dir, *, force: bool = False,
@@ -25,10 +24,7 @@ def export_members(workdir, out_dir, *, force: bool = False,
   work, out = Path(workdir), Path(out_dir).absolute()
   checkpoints.check_absent(out, force)
   run = rundir.RunDir(work).existing()
-  ids = run.member_ids()
-  if not ids:
-    raise UserError(f'{work} holds no member checkpoint (members/<i>/checkpoint); train it '
-                    'first')
+  ids = run.member_ids(required=True)
   note = run.check_members(ids, allow_partial)
   read = lambda name: run.read_json(name) if (work / name).is_file() else {}
   info, config, summary = (read(n) for n in (rundir.RUN_INFO, rundir.CONFIG, rundir.SUMMARY))

@@ -157,13 +157,18 @@ class RunDir:
     """`differences` between config.json and `config` (a ConfigDict)."""
     return differences(self.read_json(CONFIG), json.loads(config.to_json_best_effort()))
 
-  def member_ids(self, name=CHECKPOINT):
+  def member_ids(self, name=CHECKPOINT, required=False):
     """Sorted ids of the members/<i> that hold `name` ('checkpoint' or 'test_probs.npy');
-    other entries (a member being written, temporary names) are not members."""
+    other entries (a member being written, temporary names) are not members. `required`:
+    none is a UserError."""
     root = self.file('members')
     names = os.listdir(root) if os.path.isdir(root) else []
-    return sorted(int(d) for d in names
-                  if d.isdigit() and os.path.exists(os.path.join(root, d, name)))
+    ids = sorted(int(d) for d in names
+                 if d.isdigit() and os.path.exists(os.path.join(root, d, name)))
+    if required and not ids:
+      raise UserError(f'{self.path} holds no finished member (members/<i>/{name}); train it '
+                      'first')
+    return ids
 
   def check_members(self, found, allow_partial=False):
     """Whether the members found (ids) are the whole run. A run without summary.json is

@@ -52,6 +52,8 @@ def test_missing_and_damaged_files(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
     run.existing()
   os.makedirs(run.path)
+  with pytest.raises(UserError, match=r'holds no finished member \(members/<i>/checkpoint\)'):
+    run.member_ids(required=True)
   with pytest.raises(FileNotFoundError, match=r'summary.json is missing: .* is not a finished'):
     run.summary()
   with open(run.file('run_info.json'), 'w') as f:

@@ -85,10 +85,7 @@ def load_run(workdir):
   """(config, run_info, labels, member ids, [probs]) of a finished work dir."""
   run = rundir.RunDir(workdir).existing()
   config, info, labels = run.config(), run.run_info(), run.test_labels()
-  ids = run.member_ids(rundir.PROBS)
-  if not ids:
-    raise UserError(f'{workdir} holds no finished member (members/<i>/test_probs.npy); '
-                    'train it first')
+  ids = run.member_ids(rundir.PROBS, required=True)
   probs = [run.member_probs(i) for i in ids]
   for i, p in zip(ids, probs):
     if p.shape[0] != len(labels):

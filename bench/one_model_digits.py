@@ -19,23 +19,21 @@ import sys
 import time
 
 import numpy as np
-from scipy import stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from enstransfer_jax import distill, rundir  # pylint: disable=wrong-import-position
-from enstransfer_jax.analysis import pipeline, tables  # pylint: disable=wrong-import-position
+from enstransfer_jax.analysis import compare, pipeline, tables  # pylint: disable=wrong-import-position
 
 VALUES = (('acc', 100.0, '.2f'), ('nll', 1.0, '.3f'), ('ece', 1.0, '.3f'),
           ('ece_tempered', 1.0, '.3f'), ('aurc', 1.0, '.4f'), ('ood_auroc', 1.0, '.3f'))
 
 
 def interval(values, scale, spec):
-  v = np.asarray(values, float) * scale
-  if len(v) < 2:
-    return format(v.mean(), spec)
-  half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-  return f"{format(v.mean(), spec)} +- {format(half, spec.lstrip('+'))}"
+  mean, _, hi = compare.mean_interval(np.asarray(values, float) * scale)
+  if not np.isfinite(hi):
+    return format(mean, spec)
+  return f"{format(mean, spec)} +- {format(hi - mean, spec.lstrip('+'))}"
 
 
 def main(argv=None):

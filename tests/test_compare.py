@@ -65,6 +65,8 @@ def test_paired_interval_against_scipy_five_seeds():
   mean, lo, hi = compare.paired_interval(x, y)
   ci = stats.ttest_rel(x, y).confidence_interval(0.95)
   np.testing.assert_allclose([mean, lo, hi], [np.mean(x - y), ci.low, ci.high], rtol=1e-12)
+  want = stats.t.interval(0.9, 4, loc=np.mean(x), scale=stats.sem(x))
+  np.testing.assert_allclose(compare.mean_interval(x, 0.9), [np.mean(x), *want], rtol=1e-12)
 
 
 def test_analyze_and_reproduce_print_the_same_std(tmp_path):

@@ -29,15 +29,20 @@ def mean_std(values):
   return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float('nan')
 
 
-def paired_interval(x, y, level=0.95):
-  """Mean of d = x - y over paired seeds and its two-sided t-interval (nan for n < 2)."""
-  d = np.asarray(x, np.float64) - np.asarray(y, np.float64)
-  n = len(d)
-  mean = float(d.mean())
+def mean_interval(values, level=0.95):
+  """(mean, lo, hi): the mean of `values` and its two-sided t-interval (nan for n < 2)."""
+  v = np.asarray(values, np.float64)
+  n = len(v)
+  mean = float(v.mean())
   if n < 2:
     return mean, float('nan'), float('nan')
-  half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+  half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
   return mean, mean - half, mean + half
+
+
+def paired_interval(x, y, level=0.95):
+  """Mean of d = x - y over paired seeds and its two-sided t-interval (nan for n < 2)."""
+  return mean_interval(np.asarray(x, np.float64) - np.asarray(y, np.float64), level)
 
 
 def run_values(summary):

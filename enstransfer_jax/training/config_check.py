@@ -8,6 +8,7 @@ import math
 from enstransfer_jax import optim
 from enstransfer_jax.data.augment import TRANSFORMS
 from enstransfer_jax.models.resnet import MODULE_NAMES as FREEZABLE  # ResNet's; see freezable()
+from enstransfer_jax.training import wandb_log
 from enstransfer_jax.training.plan import ENSEMBLES
 from enstransfer_jax.errors import UserError
 
@@ -103,8 +104,9 @@ def validate(config):
   if c.grad_accum_steps < 1 or c.batch_size % c.grad_accum_steps:
     _fail(f'grad_accum_steps={c.grad_accum_steps} must be >= 1 and divide batch_size='
           f'{c.batch_size}')
-  if c.wandb_mode not in ('auto', 'online', 'offline', 'disabled'):
-    _fail(f'wandb_mode={c.wandb_mode!r} is unknown; use auto, online, offline or disabled')
+  if c.wandb_mode not in wandb_log.MODES:
+    _fail(f'wandb_mode={c.wandb_mode!r} is unknown; use {", ".join(wandb_log.MODES[:-1])} or '
+          f'{wandb_log.MODES[-1]}')
   from enstransfer_jax import schedules  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.data import datasets  # pylint: disable=g-import-not-at-top
   if c.dataset not in datasets.DATASETS:

@@ -7,6 +7,8 @@ which). metrics.jsonl in the work dir is always the primary record.
 
 import os
 
+MODES = ('auto', 'online', 'offline', 'disabled')
+
 
 def _logged_in():
   """An API key in the environment or in ~/.netrc (where `wandb login` puts it)."""

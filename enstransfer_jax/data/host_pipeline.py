@@ -13,11 +13,13 @@ pixels are those of the whole decoded image's crop (the box is widened by one 16
 each side and cut after decoding, so the chroma upsampling at its edges sees the same
 neighbours as in the full decode), with the accurate integer IDCT as PIL decodes: the crop
 equals PIL's whole decode's, pixel for pixel (TF's default fast IDCT, used before, was up to 5
-levels off). Other formats (PNG) are decoded whole and cut. Reduced-scale (DCT-domain 1/2, 1/4, 1/8) decoding is not used: its
-pixels are not those of the full decode, and on quality-90 photos it saves little, since the
-entropy decoding of every row above the box's bottom, which no method skips, is most of the
-cost. The parallel map runs on tf.data's C++ thread pool (`workers` threads); decoding holds
-no Python lock and PIL releases it while it resamples.
+levels off). Other formats (PNG) are decoded whole and cut. Reduced-scale (DCT-domain 1/2, 1/4,
+1/8) decoding of boxes at least 2, 4, 8 x the output is an option (HostCrops(reduce=True)), off
+by default: its pixels are not those of the full decode (about 1 level on average, up to about
+13, on 224 px crops of photo-sized JPEGs), and it saves little, since it applies to few boxes at
+224 px and the entropy decoding of every row above the box's bottom, which no method skips, is
+most of a decode's cost (BENCHMARKS.md). The parallel map runs on tf.data's C++ thread pool
+(`workers` threads); decoding holds no Python lock and PIL releases it while it resamples.
 
 Crop boxes are drawn as torchvision's RandomResizedCrop.get_params (scale (0.08, 1), ratio
 (3/4, 4/3), 10 tries of (area, log-ratio), the first box that fits wins, else the central crop

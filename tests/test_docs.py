@@ -4,7 +4,9 @@ Pure text checks (milliseconds): the README stays a front page (at most 200 line
 relative link of README.md, docs/*.md and the other top-level pages points to a file that
 exists, and a link's #anchor to one of that file's headings (GitHub's heading ids); every
 `enstransfer_jax/...py`, `tests/...py` and `bench/...` path and `python -m` module they name
-exists; the README's set-up commands are the ones .ci/run runs; no page cites an issue number.
+exists; the README's set-up commands are the ones .ci/run runs; no page cites an issue number;
+the README's Layout names every module of enstransfer_jax/, bench/ and examples/, and the README
+every config.
 """
 
 import pathlib
@@ -111,3 +113,17 @@ def test_readme_setup_commands_are_what_ci_runs():
                 if l.startswith('    ') and 'main.py --config configs/quickstart.py' in l]
   assert main_lines == ['pip install -r requirements.txt && '
                         'python main.py --config configs/quickstart.py']
+
+
+def test_layout_names_every_module():
+  readme = _text(ROOT / 'README.md')
+  layout = readme[readme.index('## Layout'):]
+  files = [p for p in (ROOT / 'enstransfer_jax').rglob('*.py') if p.name != '__init__.py']
+  files += [p for p in (ROOT / 'bench').iterdir() if p.suffix in ('.py', '.sh')]
+  files += list((ROOT / 'examples').iterdir())
+  unnamed = sorted(str(p.relative_to(ROOT)) for p in files
+                   if f'`{p.name}`' not in layout and f'`{p.stem}`' not in layout
+                   and f'`{p.relative_to(ROOT)}`' not in layout)
+  configs = sorted(p.name for p in (ROOT / 'configs').glob('*.py')
+                   if p.name != '__init__.py' and p.name not in readme)
+  assert not unnamed + configs, f"README's Layout (or its config table) omits {unnamed + configs}"

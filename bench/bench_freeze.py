@@ -60,7 +60,7 @@ def main():
     state = step_lib.make_init_state(tx, terms)(stacked, np.zeros(1, np.int32),
                                                 np.ones(1, np.int32), schedule,
                                                 config.seed)
-    fn = step_lib.make_train_step(model, tx, config, terms)
+    fn = step_lib.make_train_step(step_lib.StepSpec.from_config(config, model, terms), tx)
     state, _ = fn(state, batch, {})
     jax.block_until_ready(state)
     steps[name] = (fn, state)

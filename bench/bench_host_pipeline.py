@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base  # pylint: disable=g-import-not-at-top,wrong-import-position
 from enstransfer_jax import models, optim  # pylint: disable=wrong-import-position
-from enstransfer_jax.data import augment, batches, host_pipeline  # pylint: disable=wrong-import-position
+from enstransfer_jax.data import batches, host_pipeline  # pylint: disable=wrong-import-position
 from enstransfer_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
 SIZES = ((375, 500), (500, 375), (512, 512), (600, 800))
@@ -98,7 +98,6 @@ def pipeline_rate(images, batch, workers, name='new'):
 
 def step_rate(batch, steps):
   config = base.get_config()
-  config.transform_name = augment.HOST_CROP
   model = models.create_model('ResNet50', 100)
   variables = models.init_variables(model, jax.random.PRNGKey(0), image_size=224)
   tx = optim.create_optimizer(config)
@@ -111,7 +110,8 @@ def step_rate(batch, steps):
   data = {'images': rng.integers(0, 256, (1, batch, 224, 224, 3), dtype=np.uint8),
           'labels': rng.integers(0, 100, (1, batch)).astype(np.int32),
           'mask': np.ones((1, batch), np.float32), 'new_epoch': np.zeros(1, bool)}
-  fn = step_lib.make_train_step(model, tx, config, terms)
+  fn = step_lib.make_train_step(
+      step_lib.StepSpec.from_config(config, model, terms, host_crops=True), tx)
   state, _ = fn(state, data, {})
   jax.block_until_ready(state)
   times = []

@@ -61,7 +61,7 @@ def measure(dtype, k, remat, batch, image_size):
       'labels': jax.ShapeDtypeStruct((k, batch), jnp.int32),
       'mask': jax.ShapeDtypeStruct((k, batch), jnp.float32),
       'new_epoch': jax.ShapeDtypeStruct((k,), jnp.bool_)}
-  fn = step_lib.make_train_step(model, tx, config, terms)
+  fn = step_lib.make_train_step(step_lib.StepSpec.from_config(config, model, terms), tx)
   start = time.perf_counter()
   compiled = fn.lower(state, batch_shapes, {}).compile()
   seconds = time.perf_counter() - start

@@ -149,7 +149,7 @@ def build_engine(config, k, terms=None, seed=0):
            'labels': jax.device_put(rng.integers(0, NUM_CLASSES, shape[:2]).astype(np.int32)),
            'mask': jnp.ones(shape[:2], jnp.float32), 'new_epoch': jnp.zeros((k,), bool)}
   aux = {'reg': variables} if terms.fmap_betas else {}
-  train_step = step_lib.make_train_step(model, tx, config, terms)
+  train_step = step_lib.make_train_step(step_lib.StepSpec.from_config(config, model, terms), tx)
   lowered = train_step.lower(state, batch, aux)
 
   def run(fn, state, i):

@@ -38,7 +38,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from enstransfer_jax import rundir
+from enstransfer_jax import evaluator, rundir
 from enstransfer_jax.errors import UserError
 
 DEFAULT_DIR = 'distill'  # analysis/one_model.py reads WORKDIR/distill
@@ -110,13 +110,12 @@ def student_config(workdir, epochs=None, temperature=1.0, alpha=1.0, lr=None, in
 
 def teacher(config):
   """The teacher's members (config.distill), stacked on a leading axis, on the host."""
-  from enstransfer_jax.analysis import evaluate  # pylint: disable=g-import-not-at-top
   d = config.distill
   variables = []
   for m in d.members:
     _, v = rundir.RunDir(d.teacher).member_variables(m)
     variables.append({'params': v['params'], 'batch_stats': v['batch_stats']})
-  stacked = evaluate.stack(variables)
+  stacked = evaluator.stack(variables)
   size = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(stacked))
   limit = (jax.devices()[0].memory_stats() or {}).get('bytes_limit') if hasattr(
       jax.devices()[0], 'memory_stats') else None

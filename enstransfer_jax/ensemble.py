@@ -6,7 +6,7 @@
 `load` reads the run's config.json and run_info.json and the orbax checkpoints of the chosen
 members (1-based ids, default all), stacks them on a leading member axis and puts them on the
 default JAX device. `predict` evaluates all members in one jitted, vmapped program per batch
-(analysis.evaluate.Evaluator.member_probs) after the run's eval transform (data/augment.py
+(evaluator.Evaluator.member_probs) after the run's eval transform (data/augment.py
 eval_transform: 'none' and 'cifar' resize to image_size x image_size, 'imagenet' resizes the
 shorter side to round(256 S / 224) and centre-crops S x S), so images of any size work.
 
@@ -33,11 +33,10 @@ import os
 from typing import Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from enstransfer_jax import checkpoints, models, rundir
-from enstransfer_jax.analysis import calibration, evaluate, ood
+from enstransfer_jax import checkpoints, evaluator, metrics, rundir
+from enstransfer_jax.evaluator import Evaluator
 from enstransfer_jax.errors import UserError
 
 
@@ -135,14 +134,9 @@ class Ensemble:
       if desc['num_classes'] != int(info['num_classes']):
         raise UserError(f"member {m} has {desc['num_classes']} outputs but run_info.json "
                         f"says {info['num_classes']} classes; the work dir is inconsistent")
-    dtype = jnp.bfloat16 if config.get('dtype', 'float32') == 'bfloat16' else jnp.float32
-    model = models.create_model(arch, int(info['num_classes']), width=int(desc['width']),
-                                dtype=dtype, image_size=int(config.image_size))
-    ev = evaluate.Evaluator(model, transform=config.transform_name,
-                            image_size=int(config.image_size),
-                            interpolation=config.get('interpolation', 'bilinear'),
-                            batch_size=config.get('eval_batch_size', 500), progress=progress)
-    stacked = jax.device_put(evaluate.stack(variables))
+    ev = Evaluator.from_config(config, info['num_classes'], arch=arch, width=desc['width'],
+                               progress=progress)
+    stacked = jax.device_put(evaluator.stack(variables))
     ensemble = cls(workdir, config, info, ids, stacked, ev, temperature)
     ensemble.note = note
     return ensemble
@@ -172,10 +166,10 @@ class Ensemble:
   def predict(self, images, batch_size=None) -> Prediction:
     """Prediction of the ensemble on `images` (array or list; see the module docstring)."""
     member = np.asarray(self.member_probs(images, batch_size), np.float32)
-    unc = ood.uncertainty(member)
+    unc = metrics.uncertainty(member)
     mean = member.astype(np.float64).mean(0)
-    probs = mean if self.temperature is None else calibration.temper(mean, self.temperature)
-    ent = unc['entropy'] if self.temperature is None else ood.entropy(probs)
+    probs = mean if self.temperature is None else metrics.temper(mean, self.temperature)
+    ent = unc['entropy'] if self.temperature is None else metrics.entropy(probs)
     return Prediction(
         probs=probs.astype(np.float32), member_probs=member,
         predicted=probs.argmax(-1).astype(np.int64), entropy=ent.astype(np.float32),

@@ -7,12 +7,25 @@ All functions take softmax probabilities [N, C] (float) and integer labels [N]:
   ece              expected calibration error, 15 equal-width confidence bins
   brier            mean over samples of sum_c (p_c - onehot_c)^2
   diversity        100 * mean over member pairs of P(pred_i != pred_j) / max(err_i, err_j)
-                   (the thesis's normalised disagreement)
+                   (the thesis's normalised disagreement: the disagreement of two members
+                   divided by the larger of their two error rates, in %)
+and, for the ensemble's predictions (ensemble.py, the analysis):
+  entropy(probs)   Shannon entropy -sum_c p_c log p_c (nats; 0 log 0 = 0)
+  uncertainty(member_probs [K, N, C])
+                   per example: entropy = H(mean_k p_k), expected_entropy = mean_k H(p_k),
+                   mutual_information = entropy - expected_entropy (>= 0, the members'
+                   disagreement), member1_entropy = H(p_1)
+  temper(probs, T) softmax(log(probs) / T): temperature scaling of a probability vector
+                   (T > 1 softens, T < 1 sharpens; argmax unchanged)
 """
 
 import itertools
 
 import numpy as np
+
+from enstransfer_jax.errors import UserError
+
+_EPS = 1e-12  # probabilities are clipped here before a log
 
 
 def accuracy(probs, labels):
@@ -103,3 +116,30 @@ def format_summary(summary):
                 f"({100 * (last['acc'] - summary['mean_member_acc']):+.2f} pts)  |  "
                 f"diversity {summary['diversity']:.2f}"]
   return '\n'.join(lines)
+
+
+def entropy(probs, axis=-1):
+  """Shannon entropy (nats) along `axis`; 0 log 0 = 0."""
+  p = np.asarray(probs, np.float64)
+  return -np.sum(np.where(p > 0, p * np.log(np.clip(p, _EPS, None)), 0.0), axis=axis)
+
+
+def uncertainty(member_probs):
+  """{'entropy', 'expected_entropy', 'mutual_information', 'member1_entropy'} per example."""
+  mp = np.asarray(member_probs, np.float64)
+  total = entropy(mp.mean(0))
+  member = entropy(mp)  # [K, N]
+  expected = member.mean(0)
+  return {'entropy': total, 'expected_entropy': expected,
+          'mutual_information': np.maximum(total - expected, 0.0), 'member1_entropy': member[0]}
+
+
+def temper(probs, temperature):
+  """softmax(log(probs) / T) row by row (float64)."""
+  t = float(temperature)
+  if not t > 0:
+    raise UserError(f'temperature must be > 0, got {temperature}')
+  z = np.log(np.clip(np.asarray(probs, np.float64), _EPS, None)) / t
+  z -= z.max(-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(-1, keepdims=True)

@@ -9,7 +9,7 @@ import numpy as np
 
 import configs
 from configs import base
-from enstransfer_jax.analysis import evaluate
+from enstransfer_jax import evaluator
 from enstransfer_jax.training import resume
 from enstransfer_jax.training import step as step_lib
 
@@ -67,8 +67,9 @@ def spy_on_stages(records):
   """Records, for every stage, the state handed to its first train step (on the host)."""
   real = step_lib.make_train_step
 
-  def make(model, tx, config, terms):
-    step = real(model, tx, config, terms)
+  def make(spec, tx):
+    step = real(spec, tx)
+    terms = spec.terms
 
     def wrapped(state, *args):
       ids = list(jax.device_get(state.member))
@@ -95,7 +96,7 @@ def stacked_state(variables, tx, terms, steps, members, config=None, steps_per_e
   from enstransfer_jax import schedules  # pylint: disable=g-import-not-at-top
   config = config or tiny_config(scheduler='constant', num_fge=1, lr=0.1)
   table = schedules.step_tables(config, steps_per_epoch)
-  stacked = evaluate.stack(variables)
+  stacked = evaluator.stack(variables)
   return step_lib.make_init_state(tx, terms)(stacked, np.asarray(steps, np.int32),
                                              np.asarray(members, np.int32), table,
                                              config.seed)

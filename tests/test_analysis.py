@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from configs import quickstart
-from enstransfer_jax import analyze, checkpoints, metrics, models
-from enstransfer_jax.analysis import basin, compare, evaluate, pipeline, soup, tables, weights
+from enstransfer_jax import analyze, checkpoints, evaluator, metrics, models
+from enstransfer_jax.analysis import basin, compare, pipeline, soup, tables, weights
 from enstransfer_jax.data import augment, datasets
 import torch_resnet
 
@@ -38,8 +38,8 @@ def _variables(seed, num_classes=5):
 
 
 def _evaluator(model=None, batch_size=8):
-  return evaluate.Evaluator(model or _model(), transform='cifar', image_size=SIZE,
-                            batch_size=batch_size)
+  return evaluator.Evaluator(model or _model(), transform='cifar', image_size=SIZE,
+                             batch_size=batch_size)
 
 
 def _images(n, seed=0):

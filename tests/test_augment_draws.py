@@ -173,7 +173,7 @@ def test_train_step_with_cifar_augmentation_equals_torch_sgd_float64():
     net, forward = _torch_tiny(variables)
     tx = optim.create_optimizer(config)
     state = engine_util.stacked_state([variables], tx, step_lib.Terms(), [0], [member], config)
-    train_step = step_lib.make_train_step(model, tx, config, step_lib.Terms())
+    train_step = step_lib.make_train_step(step_lib.StepSpec.from_config(config, model), tx)
     keys = step_lib.stream_keys(config.seed)
     sgd = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
     for s in range(steps):

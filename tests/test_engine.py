@@ -192,7 +192,7 @@ def test_one_program_per_phase(tmp_path):
   real = engine_util.step_lib.make_train_step
 
   def make(*args):
-    made.append(args[3])
+    made.append(args[0].terms)
     return real(*args)
 
   config = engine_util.tiny_config(
@@ -229,7 +229,8 @@ def test_runs_with_other_seeds_share_the_train_program():
     tx = optim.create_optimizer(config)
     terms = engine_util.step_lib.Terms()
     state = engine_util.stacked_state([variables], tx, terms, [0], [1], config)
-    step = engine_util.step_lib.make_train_step(model, tx, config, terms)
+    spec = engine_util.step_lib.StepSpec.from_config(config, model, terms)
+    step = engine_util.step_lib.make_train_step(spec, tx)
     texts.append(step.lower(state, batch, {}).as_text())
     losses.append(float(step(state, batch, {})[1]['loss'][0]))
   assert texts[0] == texts[1]

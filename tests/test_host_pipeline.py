@@ -236,13 +236,13 @@ def _dtd_run(workdir, monkeypatch, signal_at=0, seen=None):
   from tests import engine_util  # pylint: disable=g-import-not-at-top
   real, calls = step_lib.make_train_step, [0]
 
-  def make(model, tx, config, terms):
-    step = real(model, tx, config, terms)
+  def make(spec, tx):
+    step = real(spec, tx)
 
     def wrapped(state, batch, aux):
       calls[0] += 1
       if seen is not None:
-        seen.append((config.transform_name, np.asarray(batch['images'])))
+        seen.append((spec.train_transform, np.asarray(batch['images'])))
       if calls[0] == signal_at:
         os.kill(os.getpid(), signal.SIGTERM)
       return step(state, batch, aux)

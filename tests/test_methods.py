@@ -170,11 +170,11 @@ def test_rtd_lite_trains_through_the_engine_without_a_host_callback(tmp_path):
   state = engine_util.stacked_state([variables], tx, terms, [0], [2])
   images = np.zeros((1, 8, 16, 16, 3), np.uint8)
   batch = engine_util.full_batch(images, np.zeros((1, 8), np.int32))
-  step = step_lib.make_train_step(model, tx, config, terms)
+  step = step_lib.make_train_step(step_lib.StepSpec.from_config(config, model, terms), tx)
   hlo = step.lower(state, batch, {'reg': variables}).as_text()
   assert 'callback' not in hlo.lower()
   terms_rtd = step_lib.Terms(fmap_betas=(0.0, 0.0, 0.0, 0.0, 0.5), fmap_loss_type='RTDLoss')
-  step_rtd = step_lib.make_train_step(model, tx, config, terms_rtd)
+  step_rtd = step_lib.make_train_step(step_lib.StepSpec.from_config(config, model, terms_rtd), tx)
   state = engine_util.stacked_state([variables], tx, terms_rtd, [0], [2])
   assert 'callback' in step_rtd.lower(state, batch, {'reg': variables}).as_text().lower()
 

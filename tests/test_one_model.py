@@ -147,15 +147,15 @@ def test_distill_end_to_end(starsse_run, tmp_path):
 def _check_one_model_section(workdir, config, data, student_probs, out):
   """The analysis's one-model rows: the student's from its saved probabilities, the greedy
   soup saved as a run whose parameters are the numpy mean of the chosen members'."""
-  from enstransfer_jax import checkpoints, metrics, models
-  from enstransfer_jax.analysis import evaluate, one_model
+  from enstransfer_jax import checkpoints, evaluator, metrics, models
+  from enstransfer_jax.analysis import one_model
   from enstransfer_jax.ensemble import Ensemble
   ids = [1, 2, 3, 4]
   members = [checkpoints.load_pretrained(os.path.join(workdir, 'members', str(m),
                                                       'checkpoint'))[1] for m in ids]
   probs = [np.load(os.path.join(workdir, 'members', str(m), 'test_probs.npy')) for m in ids]
   model = models.create_model('ResNet18', 10, width=4, image_size=16)
-  ev = evaluate.Evaluator(model, transform='none', image_size=16, batch_size=600)
+  ev = evaluator.Evaluator(model, transform='none', image_size=16, batch_size=600)
   res = {'metric': 'top1'}
   os.makedirs(out)
   one_model.run(res, config, workdir, ev, members, probs, data.test_labels, data,

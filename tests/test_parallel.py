@@ -119,7 +119,7 @@ def test_gradient_accumulation_equals_one_big_batch():
     config = engine_util.tiny_config(grad_accum_steps=accum)
     tx = optim.create_optimizer(config)
     state = engine_util.stacked_state([variables], tx, terms, [0], [1])
-    fn = step_lib.make_train_step(model, tx, config, terms)
+    fn = step_lib.make_train_step(step_lib.StepSpec.from_config(config, model, terms), tx)
     new_state, metrics = fn(state, engine_util.full_batch(images, labels), {})
     results.append((jax.device_get(new_state.params), jax.device_get(metrics['loss'])))
   (p1, loss1), (p4, loss4) = results
@@ -147,7 +147,7 @@ def test_gradient_accumulation_with_train_mode_batchnorm_equals_pytorch():
                                    lr=0.1, wd=1e-3)
   tx = optim.create_optimizer(config)
   state = engine_util.stacked_state([variables], tx, step_lib.Terms(), [0], [1], config)
-  fn = step_lib.make_train_step(model, tx, config, step_lib.Terms())
+  fn = step_lib.make_train_step(step_lib.StepSpec.from_config(config, model, step_lib.Terms()), tx)
   new_state, metrics = fn(state, engine_util.full_batch(images, labels), {})
   got = checkpoints.flax_to_torch(jax.tree_util.tree_map(
       lambda x: np.asarray(x[0]), jax.device_get(new_state.variables())))
@@ -172,7 +172,7 @@ def test_gradient_accumulation_with_train_mode_batchnorm_equals_pytorch():
                                err_msg=key)
   # Not the update of one batch of 32 (train-mode BN couples the samples of a batch).
   one = engine_util.tiny_config(scheduler='constant', num_fge=1, lr=0.1, wd=1e-3)
-  fn1 = step_lib.make_train_step(model, tx, one, step_lib.Terms())
+  fn1 = step_lib.make_train_step(step_lib.StepSpec.from_config(one, model, step_lib.Terms()), tx)
   state = engine_util.stacked_state([variables], tx, step_lib.Terms(), [0], [1], config)
   big, _ = fn1(state, engine_util.full_batch(images, labels), {})
   assert not np.allclose(np.asarray(big.params['layer1']['0']['conv1']['kernel']),
@@ -204,7 +204,7 @@ def test_data_parallel_steps_match_one_device_on_continuous_inputs():
         tx = optim.create_optimizer(config)
         terms = step_lib.Terms()
         state = engine_util.stacked_state(variables, tx, terms, [0, 0], [2, 3], config)
-        fn = step_lib.make_train_step(model, tx, config, terms)
+        fn = step_lib.make_train_step(step_lib.StepSpec.from_config(config, model, terms), tx)
         if mesh_members:
           placement = mesh.Placement(config, k)
           state = placement.members(state)

@@ -12,8 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from enstransfer_jax import checkpoints, metrics, models, rundir
-from enstransfer_jax.analysis import evaluate
+from enstransfer_jax import checkpoints, evaluator, metrics, models, rundir
 from enstransfer_jax.data import datasets
 from enstransfer_jax.training import run_experiment
 from tests import engine_util
@@ -45,15 +44,15 @@ def test_saved_models_hold_the_weights_of_their_epoch(run):
   workdir, config = run
   data = datasets.load_dataset(config)
   model = models.create_model(config.model, data.num_classes, width=config.width)
-  ev = evaluate.Evaluator(model, transform=config.transform_name, image_size=config.image_size,
-                          batch_size=config.eval_batch_size)
+  ev = evaluator.Evaluator(model, transform=config.transform_name, image_size=config.image_size,
+                           batch_size=config.eval_batch_size)
   logged = {(e['member'], e['epoch']): e['test_nll'] for e in map(
       json.loads, open(os.path.join(workdir, 'metrics.jsonl'))) if e['event'] == 'eval'}
   for member, epoch in ((1, 1), (2, 3), (3, 5)):
     path = rundir.RunDir(workdir).all_models(member, epoch)
     assert checkpoints.read_metadata(path)['epoch'] == epoch
     _, variables = checkpoints.load_pretrained(path)
-    probs = ev.member_probs(evaluate.stack([variables]), data.test_images)[0]
+    probs = ev.member_probs(evaluator.stack([variables]), data.test_images)[0]
     nll = metrics.nll(probs, data.test_labels)
     assert nll == pytest.approx(logged[(member, epoch)], rel=1e-5)
     assert abs(nll - logged[(member, epoch + 1)]) > 1e-5 * nll  # not the member's final one

@@ -51,7 +51,7 @@ def padded_step(accum, placement=None):
   labels[REAL:] = labels[0]
   batch = {'images': images[None], 'labels': labels[None], 'mask': mask[None],
            'new_epoch': np.ones(1, bool)}
-  step = step_lib.make_train_step(model, tx, config, terms)
+  step = step_lib.make_train_step(step_lib.StepSpec.from_config(config, model, terms), tx)
   if placement is not None:
     state = placement.members(state)
     batch = placement.batch(batch)

@@ -4,7 +4,6 @@ The command is enstransfer_jax/analyze.py (python -m enstransfer_jax.analyze WOR
 """
 
 from enstransfer_jax.analysis.basin import line, plane, plane_basis, plane_coefficients
-from enstransfer_jax.analysis.evaluate import Evaluator, combine
 from enstransfer_jax.analysis.pipeline import Options, analyze_run, load_run
 from enstransfer_jax.analysis.compare import comparison, write_comparison
 from enstransfer_jax.analysis.rtd_metric import rtd_score

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from enstransfer_jax.analysis.evaluate import combine
+from enstransfer_jax.evaluator import combine
 
 
 def alphas(points=11):

@@ -4,12 +4,13 @@
                                prediction of confidence c falls in (lo, hi]) the number of
                                examples, their mean confidence and their accuracy; ECE is
                                sum_b n_b / N |acc_b - conf_b|, equal to metrics.ece.
-  temper(probs, T)             softmax(log(probs) / T): temperature scaling of a probability
+  metrics.temper(probs, T)     softmax(log(probs) / T): temperature scaling of a probability
                                vector (for the ensemble, the log of the mean of the members'
                                probabilities; T > 1 softens, T < 1 sharpens; argmax unchanged).
   fit_temperature(probs, labels)
-                               the T in [0.05, 20] minimising the NLL of temper(probs, T), a
-                               bounded 1-D search over log T (scipy's minimize_scalar).
+                               the T in [0.05, 20] minimising the NLL of
+                               metrics.temper(probs, T), a bounded 1-D search over log T
+                               (scipy's minimize_scalar).
 
 Where the temperature is fitted (calibrate): the members were trained on the whole training
 split, so no part of it is held out from them. With use_test=False the run's evaluation split
@@ -53,17 +54,6 @@ def _log(probs):
   return np.log(np.clip(np.asarray(probs, np.float64), _EPS, None))
 
 
-def temper(probs, temperature):
-  """softmax(log(probs) / T) row by row (float64)."""
-  t = float(temperature)
-  if not t > 0:
-    raise UserError(f'temperature must be > 0, got {temperature}')
-  z = _log(probs) / t
-  z -= z.max(-1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(-1, keepdims=True)
-
-
 def tempered_nll(probs, labels, temperature):
   """Mean -log softmax(log(probs) / T)[label], computed with log-sum-exp."""
   z = _log(probs) / float(temperature)
@@ -73,7 +63,7 @@ def tempered_nll(probs, labels, temperature):
 
 
 def fit_temperature(probs, labels, bounds=T_BOUNDS):
-  """argmin_T NLL(temper(probs, T), labels) over T in `bounds`."""
+  """argmin_T NLL(metrics.temper(probs, T), labels) over T in `bounds`."""
   labels = np.asarray(labels)
   if len(labels) == 0:
     raise UserError('fitting a temperature needs at least one labelled example')
@@ -97,7 +87,7 @@ def cross_fitted(probs, labels, folds=2, seed=0):
   out, temps = np.zeros(probs.shape, np.float64), []
   for fit_idx, apply_idx in splitter.split(probs, labels):
     t = fit_temperature(probs[fit_idx], labels[fit_idx])
-    out[apply_idx] = temper(probs[apply_idx], t)
+    out[apply_idx] = metrics.temper(probs[apply_idx], t)
     temps.append(t)
   return out, temps
 
@@ -122,7 +112,7 @@ def calibrate(fit_probs, fit_labels, eval_probs=None, eval_labels=None):
             'fold_temperatures': folds, 'examples': len(fit_labels),
             'before': _scores(fit_probs, fit_labels),
             'after': _scores(after, fit_labels)}, after, fit_labels
-  after = temper(eval_probs, t)
+  after = metrics.temper(eval_probs, t)
   return {'temperature': t, 'method': 'fitted on the validation split, measured on the test '
           'split', 'examples': len(eval_labels), 'before': _scores(eval_probs, eval_labels),
           'after': _scores(after, eval_labels)}, after, eval_labels

@@ -27,8 +27,8 @@ import os
 
 import numpy as np
 
-from enstransfer_jax import checkpoints, distill, metrics, models, rundir
-from enstransfer_jax.analysis import calibration, evaluate, ood, selective, soup, tables
+from enstransfer_jax import checkpoints, distill, evaluator, metrics, models, rundir
+from enstransfer_jax.analysis import calibration, ood, selective, soup, tables
 from enstransfer_jax.training import workdir as wd
 
 DISTILL_DIR = distill.DEFAULT_DIR  # WORKDIR/distill: the distilled student
@@ -139,10 +139,10 @@ def run(res, config, workdir, ev, member_vars, probs, labels, data, bn, score, o
     images, _, _ = ood.load_ood_images(config, ood_spec)
     for r, (name, (_, p, v)) in zip(rows, models.items()):
       if v is None:  # the ensemble: its members on the OOD images
-        out_probs = np.mean(ev.member_probs(evaluate.stack(variables), images), axis=0)
+        out_probs = np.mean(ev.member_probs(evaluator.stack(variables), images), axis=0)
       else:
         out_probs = ev.probs(v, images)
-      r['ood_auroc'] = ood.auroc(ood.entropy(p), ood.entropy(out_probs))
+      r['ood_auroc'] = ood.auroc(metrics.entropy(p), metrics.entropy(out_probs))
   files = write_files(rows, out)
   files.update({
       f'{name}/': write_model_dir(os.path.join(out, name), workdir, v, p, labels,

@@ -4,7 +4,7 @@ In-distribution (ID) examples are the run's evaluation split (its saved probabil
 out-of-distribution (OOD) ones are the test split of another dataset or of other classes,
 `DATASET[:CLASSES]` (e.g. 'digits:0,1,2,3,4': the digits 0-4 the quickstart pre-trained on,
 OOD for members fine-tuned on 5-9). Each example gets uncertainty scores (higher = more
-likely OOD) from the members' probabilities p_k [K, N, C]:
+likely OOD) from the members' probabilities p_k [K, N, C] (metrics.uncertainty):
 
   entropy             H(mean_k p_k), the ensemble's predictive entropy
   mutual_information  H(mean_k p_k) - mean_k H(p_k), the members' disagreement
@@ -15,27 +15,12 @@ computed with scikit-learn; 0.5 AUROC is chance, 1.0 perfect separation.
 """
 
 import numpy as np
+
+from enstransfer_jax import metrics
 from enstransfer_jax.analysis import tables
 from enstransfer_jax.errors import UserError
 
 SCORES = ('entropy', 'mutual_information', 'expected_entropy', 'member1_entropy')
-_EPS = 1e-12
-
-
-def entropy(probs, axis=-1):
-  """Shannon entropy (nats) along `axis`; 0 log 0 = 0."""
-  p = np.asarray(probs, np.float64)
-  return -np.sum(np.where(p > 0, p * np.log(np.clip(p, _EPS, None)), 0.0), axis=axis)
-
-
-def uncertainty(member_probs):
-  """{'entropy', 'expected_entropy', 'mutual_information', 'member1_entropy'} per example."""
-  mp = np.asarray(member_probs, np.float64)
-  total = entropy(mp.mean(0))
-  member = entropy(mp)  # [K, N]
-  expected = member.mean(0)
-  return {'entropy': total, 'expected_entropy': expected,
-          'mutual_information': np.maximum(total - expected, 0.0), 'member1_entropy': member[0]}
 
 
 def auroc(in_scores, out_scores):
@@ -101,7 +86,7 @@ def load_ood_images(config, spec):
 
 def ood_results(in_member_probs, out_member_probs):
   """{'rows': [{score, auroc, aupr, mean_in, mean_out}], 'scores': {name: (in, out)}}."""
-  s_in, s_out = uncertainty(in_member_probs), uncertainty(out_member_probs)
+  s_in, s_out = metrics.uncertainty(in_member_probs), metrics.uncertainty(out_member_probs)
   rows = [{'score': k, 'auroc': auroc(s_in[k], s_out[k]), 'aupr': aupr(s_in[k], s_out[k]),
            'mean_in': float(np.mean(s_in[k])), 'mean_out': float(np.mean(s_out[k]))}
           for k in SCORES]

@@ -27,14 +27,13 @@ import itertools
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from enstransfer_jax import checkpoints, metrics, models, rundir, schedules
+from enstransfer_jax import checkpoints, evaluator, metrics, models, rundir, schedules
 from enstransfer_jax.analysis import basin, one_model, outputs, similarity, weights
-from enstransfer_jax.analysis import calibration, evaluate, ood, study
-from enstransfer_jax.analysis.evaluate import Evaluator
+from enstransfer_jax.analysis import calibration, ood, study
+from enstransfer_jax.evaluator import Evaluator
 from enstransfer_jax.data import batches, datasets
 from enstransfer_jax.errors import UserError
 
@@ -270,7 +269,7 @@ def basin_results(ev, member_vars, pres, data, opts, score):
 
 def uncertainty_sections(res, config, probs, labels, ev, member_vars, opts, out):
   """Calibration and OOD detection (calibration.py, ood.py) into res; their files into out."""
-  stacked = evaluate.stack([_vars(v) for v in member_vars])
+  stacked = evaluator.stack([_vars(v) for v in member_vars])
   member_probs = lambda images: ev.member_probs(stacked, images)
   files = {}
   if opts.calibration:
@@ -299,18 +298,14 @@ def analyze_run(workdir, out, opts):
     arch, v = rundir.RunDir(workdir).member_variables(i)
     member_vars.append(v)
   desc = checkpoints.describe(member_vars[0])  # ResNet or Swin
-  dtype = jnp.bfloat16 if config.get('dtype', 'float32') == 'bfloat16' else jnp.float32
-  model = models.create_model(arch, int(desc['num_classes']), width=int(desc['width']),
-                              dtype=dtype, image_size=int(config.image_size))
   # BatchNorm statistics to recompute (soup, basin); a Swin (LayerNorm only) has none.
   res['batchnorm'] = has_batchnorm(member_vars[0])
   data = datasets.load_dataset(config)
   if not np.array_equal(data.test_labels, labels):
     raise UserError(f'the test split loaded from config.json differs from {workdir}/'
                     'test_labels.npy; the dataset changed since training')
-  ev = Evaluator(model, transform=config.transform_name, image_size=config.image_size,
-                 interpolation=config.get('interpolation', 'bilinear'),
-                 batch_size=config.get('eval_batch_size', 500), progress=opts.progress)
+  ev = Evaluator.from_config(config, desc['num_classes'], arch=arch, width=desc['width'],
+                             progress=opts.progress)
   pres = load_pretrained_models(info, member_vars, workdir, notes)
   uncertainty_sections(res, config, probs, labels, ev, member_vars, opts, out)
   subset = data.test_images[:opts.subset]

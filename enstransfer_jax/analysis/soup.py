@@ -12,7 +12,7 @@ without it (ties join, as in the paper's ">="). Every candidate is scored as the
 is (BN statistics recomputed); the start too, so all scores compare like with like.
 """
 
-from enstransfer_jax.analysis.evaluate import combine
+from enstransfer_jax.evaluator import combine
 
 
 def uniform_soup(member_variables):

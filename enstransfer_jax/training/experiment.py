@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from enstransfer_jax import losses, metrics, models, rundir, schedules
-from enstransfer_jax.analysis.evaluate import Evaluator
+from enstransfer_jax.evaluator import Evaluator
 from enstransfer_jax.data import batches, datasets
 from enstransfer_jax.training import config_check, mesh, plan as plan_lib, resume
 from enstransfer_jax.training import stage as stage_lib
@@ -28,12 +28,6 @@ from enstransfer_jax.training import wandb_log
 from enstransfer_jax.training import workdir as wd
 from enstransfer_jax.errors import UserError
 
-# The config fields a compiled program depends on (with the class count): runs that agree on
-# them share programs (the quickstart's pre-training and fine-tuning).
-_PROGRAM_FIELDS = ('model', 'width', 'dtype', 'remat', 'transform_name', 'image_size',
-                   'interpolation', 'seed', 'grad_accum_steps', 'optimizer', 'wd', 'momentum',
-                   'nesterov', 'eval_batch_size', 'label_smoothing', 'clip_grad', 'simmim',
-                   'layer_decay', 'aug')
 
 
 def enable_compilation_cache(path):
@@ -112,13 +106,10 @@ class Run:
   steps_per_epoch: int
   progress: resume.Progress
   schedule: Dict[str, Any]  # schedules.step_tables
-  programs: Dict[Any, Any] = dataclasses.field(default_factory=dict)  # compiled, by key
+  # Compiled programs by what they are built from (the evaluator's key, the step's
+  # step.StepSpec): runs that agree on it share them (the quickstart's two stages).
+  programs: Dict[Any, Any] = dataclasses.field(default_factory=dict)
   last_opt_state: Optional[Any] = None
-
-  @property
-  def signature(self):
-    return (self.data.num_classes,) + tuple(
-        str(self.config[k]) for k in _PROGRAM_FIELDS)
 
   def save_progress(self, state, s, epoch, batch):
     self.progress.save(state, stage=s, epoch=epoch, batch=batch,
@@ -135,19 +126,14 @@ def train_members(config, workdir, data, log, pretrained, programs=None, table_l
   `programs`: compiled programs shared with another run of this process, whose schedule
   tables have `table_length` steps."""
   programs = {} if programs is None else programs
-  model = models.create_model(config.model, data.num_classes, width=config.width,
-                              dtype=config.dtype, image_size=config.image_size,
-                              remat=config.remat)
-  key = ('evaluator', data.num_classes) + tuple(str(config[k]) for k in _PROGRAM_FIELDS)
-  if key not in programs:
-    programs[key] = Evaluator(model, transform=config.transform_name,
-                              image_size=config.image_size, interpolation=config.interpolation,
-                              batch_size=config.eval_batch_size)
+  evaluator = Evaluator.from_config(config, data.num_classes, train=True)
+  evaluator = programs.setdefault(('evaluator', evaluator.key), evaluator)
+  model = evaluator.model
   spe = batches.steps_per_epoch(config, len(data.train_labels))
   run = Run(config=config, workdir=workdir, data=data, model=model,
             arch=models.canonical_name(config.model), log=log,
             starts=starts_lib.Starts(config, model, data.num_classes, pretrained),
-            evaluator=programs[key], programs=programs,
+            evaluator=evaluator, programs=programs,
             steps_per_epoch=spe,
             progress=resume.Progress(workdir, config.checkpoint_every_minutes),
             schedule=schedules.step_tables(config, spe, min_length=table_length))

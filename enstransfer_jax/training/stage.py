@@ -1,8 +1,8 @@
 """One stage's loop: the epochs and batches of the members that train together.
 
 `train_stage(run, s, stage, position)` builds the stage's start state in one jitted program,
-then feeds fixed-shape batches to the compiled step (built once per distinct
-(terms, members, frozen set) and reused by later stages), logs every `log_every_steps`
+then feeds fixed-shape batches to the compiled step (built from the stage's
+step_lib.StepSpec, once per distinct spec, and reused by later stages), logs every `log_every_steps`
 steps, checks for NaN there and at every epoch's end, evaluates on the test set every
 `valid_freq` epochs and at the end, and saves progress checkpoints (and, with
 `save_all_models`, the members at every epoch that ends none of them). Between two steps the
@@ -16,9 +16,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from enstransfer_jax import checkpoints, metrics, models, optim, rundir
-from enstransfer_jax.analysis import evaluate
-from enstransfer_jax.data import augment, batches, host_pipeline
+from enstransfer_jax import checkpoints, evaluator, metrics, models, optim, rundir
+from enstransfer_jax.data import batches, host_pipeline
 from enstransfer_jax.models import resnet
 from enstransfer_jax.training import config_check, mesh, plan as plan_lib, resume
 from enstransfer_jax.training import step as step_lib
@@ -69,7 +68,7 @@ class _Aux:
     if self.terms.reg_per_member:  # each member's own pre-trained model
       if 'reg' not in self._placed:
         self._placed['reg'] = self.placement.members(
-            evaluate.stack([starts.regularizer(m) for m in self.stage]))
+            evaluator.stack([starts.regularizer(m) for m in self.stage]))
       aux['reg'] = self._placed['reg']
     elif self.terms.fmap_betas:
       aux['reg'] = self._place('reg', lambda: starts.regularizer(self.member))
@@ -86,53 +85,45 @@ class _Aux:
     return aux
 
 
-def _start_state(run, stage, terms, tx, placement):
+def _start_state(run, stage, spec, tx, placement):
   """The stacked start state of the stage, built on the devices by one jitted program."""
   inits = [run.starts.initial(m) for m in stage]
-  stacked = evaluate.stack(inits)
+  stacked = evaluator.stack(inits)
   if np.dtype(getattr(run.model, 'dtype', np.float32)) == np.float64:  # a float64 run (x64)
     stacked = jax.tree_util.tree_map(lambda x: x.astype(np.float64), stacked)
   steps = np.asarray([m.epoch_offset * run.steps_per_epoch for m in stage], np.int32)
   ids = np.asarray([m.index for m in stage], np.int32)
-  key = ('init', len(stage), terms, tx.frozen, run.signature)
+  key = ('init', spec)
   if key not in run.programs:
-    run.programs[key] = step_lib.make_init_state(tx, terms)
+    run.programs[key] = step_lib.make_init_state(tx, spec.terms)
   return run.programs[key](placement.members(stacked), placement.members(steps),
                            placement.members(ids), placement.replicated(run.schedule),
                            run.config.seed)
 
 
-def _train_step(run, stage, terms, tx):
-  host_crops = run.data.train_encoded is not None
-  key = ('train', len(stage), terms, tx.frozen, run.signature, host_crops)
+def _train_step(run, spec, tx):
+  key = ('train', spec)
   if key not in run.programs:
-    config = run.config
-    if host_crops:  # the crops come cut from the host: the step flips and normalises
-      config = config.copy_and_resolve_references()
-      with config.unlocked():
-        config.transform_name = augment.HOST_CROP
-    run.programs[key] = step_lib.make_train_step(run.model, tx, config, terms)
+    run.programs[key] = step_lib.make_train_step(spec, tx)
   return run.programs[key]
 
 
-class _Optimizer:
-  """The optimizer of a stage and the frozen set it was built for (part of program keys)."""
-
-  def __init__(self, run, member):
-    c = run.config
-    self.frozen = tuple(sorted(c.freeze_layers)) if plan_lib.is_cycle(member) else ()
-    params = run.starts.initial(member)['params']
-    self.tx = optim.create_optimizer(c, {k: k not in self.frozen for k in params})
-
-  def __getattr__(self, name):
-    return getattr(self.tx, name)
+def _spec(run, stage):
+  """The program key of the stage: its terms, members, frozen modules and host crops."""
+  member = stage[0]
+  return step_lib.StepSpec.from_config(
+      run.config, run.model, terms_for(run.config, member, run.starts), members=len(stage),
+      frozen=run.config.freeze_layers if plan_lib.is_cycle(member) else (),
+      host_crops=run.data.train_encoded is not None)
 
 
 def _new_state(run, stage):
-  terms = terms_for(run.config, stage[0], run.starts)
-  tx = _Optimizer(run, stage[0])
+  spec = _spec(run, stage)
+  params = run.starts.initial(stage[0])['params']
+  tx = optim.create_optimizer(spec.optimizer_config(),
+                              {k: k not in spec.frozen for k in params})
   placement = mesh.Placement(run.config, len(stage))
-  return terms, tx, placement, _start_state(run, stage, terms, tx, placement)
+  return spec, tx, placement, _start_state(run, stage, spec, tx, placement)
 
 
 def train_stage(run, s, stage, position=None, previous_stage=None):
@@ -140,7 +131,7 @@ def train_stage(run, s, stage, position=None, previous_stage=None):
   `previous_stage` gives the structure of a saved optimizer state to continue."""
   c, k = run.config, len(stage)
   names = ', '.join(str(m.index) for m in stage)
-  terms, tx, placement, state = _new_state(run, stage)
+  spec, tx, placement, state = _new_state(run, stage)
   done_epochs, done_batches = 0, 0
   if position is not None and (position['epoch'] or position['batch']):
     state = run.progress.restore(state, position)
@@ -156,8 +147,8 @@ def train_stage(run, s, stage, position=None, previous_stage=None):
         f'{start}{" (in parallel)" if k > 1 else ""}'
         + (f', resumed at epoch {done_epochs + 1} batch {done_batches}' if position else ''),
         flush=True)
-  train_step = _train_step(run, stage, terms, tx)
-  aux = _Aux(run, terms, stage, placement)
+  train_step = _train_step(run, spec, tx)
+  aux = _Aux(run, spec.terms, stage, placement)
   n, size = len(run.data.train_labels), c.batch_size
   slices = batches.batch_slices(n, size, c.get('drop_last', False))
   pos, real = batches.device_layout(size, int(c.grad_accum_steps), placement.data_size)

@@ -18,12 +18,20 @@
 Every batch has the same shape: padded samples count nowhere (loss, accuracy, gradient,
 BatchNorm statistics). The learning rate and momentum are the schedules' values at
 `state.step`, read in the step from the state's tables, so runs whose schedules differ
-(the quickstart's pre-training and fine-tuning) share one compiled step. The loss is the cross-entropy plus the active terms
-(`enstransfer_jax/losses/`); which terms are active is static (a `Terms` value), so one program serves
-every stage with the same terms, number of members and frozen set.
+(the quickstart's pre-training and fine-tuning) share one compiled step. The loss is
+  CE + sum_l fmap_betas[l] fmap_l + wo_beta WO + prev_ce_beta prev-CE (+ distillation)
+(the feature-map, weight-orthogonality and previous-member terms of losses/, each
+described in its own file); which terms are active is static (a `Terms` value).
+
+The program: `make_train_step(spec, tx)` builds the step from a `StepSpec` alone, a frozen
+value built from the config by `StepSpec.from_config` (the model, the terms, the members
+trained together, the frozen modules, whether crops come cut from the host, the transform
+and sizes, augmentation, label smoothing, Mixup / CutMix, micro-batches and the optimizer's
+fields). The step reads nothing else, so two steps with equal specs are the same program and
+the engine memoises its programs by the spec.
 Random streams: augmentation draws from (seed, 'augment', member, step) (Mixup / CutMix
 from the same key folded with mixup.MIX_FOLD), a Swin's drop path from (seed, 'dropout',
-member, step), one key per micro-batch.
+member, step), one key per micro-batch (`dropout_key` of the loss).
 
 Targets: integer labels and the cross-entropy as before, unless config.label_smoothing > 0
 or config.aug.mixup / config.aug.cutmix > 0: then soft targets (data/mixup.py: smoothed
@@ -34,11 +42,12 @@ labels (the reference takes the argmax of the mixed targets for its accuracy).
 
 import dataclasses
 import functools
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from enstransfer_jax import losses, optim
 from enstransfer_jax.data import augment, mixup, randaugment
@@ -90,6 +99,71 @@ class Terms:
     names += ['wo'] * bool(self.wo_beta) + ['prev_ce'] * bool(self.prev_ce_beta)
     names += ['distill'] * bool(self.distill_temperature)
     return tuple(names)
+
+
+# The config fields optim.create_optimizer reads (StepSpec.optimizer_config hands it only
+# these, so a field it starts reading without being listed here fails instead of being
+# missed by the program key; tests/test_program_key.py checks the list).
+OPTIMIZER_FIELDS = ('optimizer', 'wd', 'momentum', 'nesterov', 'clip_grad', 'simmim',
+                    'layer_decay', 'model')
+
+
+def _hashable(value):
+  if isinstance(value, (list, tuple)):
+    return tuple(_hashable(v) for v in value)
+  if isinstance(value, (dict, ml_collections.ConfigDict)):
+    return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+  return value
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """Everything the train step (and its optimizer) is built from besides the arrays it takes:
+  equal specs give the same program. `from_config` is the one place the step reads a config."""
+  model: Any  # the Flax module (a frozen dataclass: architecture, classes, width, dtype, remat)
+  terms: Terms = Terms()
+  members: int = 1  # members trained together (the vmapped axis)
+  frozen: Tuple[str, ...] = ()  # modules the optimizer leaves unchanged
+  host_crops: bool = False  # images arrive cut by data/host_pipeline.py: flip and normalise
+  transform: str = 'none'  # config.transform_name
+  image_size: int = 32
+  interpolation: str = 'bilinear'
+  randaugment: Optional[Tuple[Any, ...]] = None  # (auto_augment, reprob, remode, recount)
+                                                 # of the 'swin_imagenet' transform
+  smoothing: float = 0.0  # label smoothing
+  mixup: float = 0.0  # Mixup's alpha (0: off)
+  cutmix: float = 0.0  # CutMix's alpha (0: off)
+  mixup_prob: float = 1.0
+  mixup_switch_prob: float = 0.5
+  micro_batches: int = 1  # config.grad_accum_steps
+  optimizer: Tuple[Tuple[str, Any], ...] = ()  # (field, value) of OPTIMIZER_FIELDS
+
+  @classmethod
+  def from_config(cls, config, model, terms=Terms(), *, members=1, frozen=(),
+                  host_crops=False):
+    a = config.get('aug', {})
+    swin_aug = None
+    if config.transform_name == 'swin_imagenet':  # timm's RandAugment + random erasing
+      swin_aug = (a.auto_augment, float(a.reprob), a.remode, int(a.recount))
+    return cls(
+        model=model, terms=terms, members=int(members), frozen=tuple(sorted(frozen)),
+        host_crops=bool(host_crops), transform=config.transform_name,
+        image_size=int(config.image_size), interpolation=config.interpolation,
+        randaugment=swin_aug, smoothing=float(config.get('label_smoothing', 0.0)),
+        mixup=float(a.get('mixup', 0.0)), cutmix=float(a.get('cutmix', 0.0)),
+        mixup_prob=float(a.get('mixup_prob', 1.0)),
+        mixup_switch_prob=float(a.get('mixup_switch_prob', 0.5)),
+        micro_batches=int(config.grad_accum_steps),
+        optimizer=tuple((k, _hashable(config[k])) for k in OPTIMIZER_FIELDS if k in config))
+
+  @property
+  def train_transform(self):
+    """The transform the step applies to a batch's images (data/augment.py)."""
+    return augment.HOST_CROP if self.host_crops else self.transform
+
+  def optimizer_config(self):
+    """The optimizer's fields as a ConfigDict, for optim.create_optimizer."""
+    return ml_collections.ConfigDict(dict(self.optimizer))
 
 
 def stream_keys(seed):
@@ -144,16 +218,16 @@ def _fmap_loss(terms, reg, cur, mask):
                          mode=mode, return_aux=True)
 
 
-def _member_loss(model, terms, params, batch_stats, x, labels, mask, weight, aux):
-  """`weight` x (masked-mean CE + terms) of one (micro-)batch, and its parts."""
+def _member_loss(model, terms, params, batch_stats, x, labels, targets, dropout_key, mask,
+                 weight, aux):
+  """`weight` x (masked-mean CE + terms) of one (micro-)batch, and its parts. `targets`: soft
+  targets [B, C] (label smoothing, Mixup / CutMix) or None (the CE of the integer `labels`);
+  `dropout_key`: a Swin's drop-path key, or None."""
   variables = {'params': params, 'batch_stats': batch_stats}
-  extra, targets = {}, None
-  if isinstance(labels, dict):  # {'labels', 'targets' (soft), 'dropout' (a key per row)}
-    extra = {'rngs': {swin.DROPOUT_RNG: labels['dropout'][0]}} if 'dropout' in labels else {}
-    labels, targets = labels['labels'], labels.get('targets')
+  rngs = {} if dropout_key is None else {'rngs': {swin.DROPOUT_RNG: dropout_key}}
   (logits, feats), new_state = model.apply(
       variables, x, train=True, mutable=['batch_stats'], mask=mask,
-      stop_gradient_after=terms.stop_gradient_after, frozen_bn=terms.frozen_bn, **extra)
+      stop_gradient_after=terms.stop_gradient_after, frozen_bn=terms.frozen_bn, **rngs)
   real = jnp.maximum(jnp.sum(mask), 1.0)
   if targets is None:
     ce = losses.per_sample_cross_entropy(logits, labels)
@@ -186,65 +260,63 @@ def _member_loss(model, terms, params, batch_stats, x, labels, mask, weight, aux
   return parts['loss'], (parts, new_state['batch_stats'])
 
 
-def make_train_step(model, tx, config, terms: Terms):
-  """Returns the jitted multi-member train step (state donated)."""
-  aug = functools.partial(augment.train_transform, transform=config.transform_name,
-                          image_size=config.image_size, interpolation=config.interpolation)
-  a = config.get('aug', {})
-  if config.transform_name == 'swin_imagenet':  # timm's RandAugment + random erasing
-    aug = functools.partial(randaugment.swin_train_transform, image_size=config.image_size,
-                            interpolation=config.interpolation,
-                            auto_augment=a.auto_augment, reprob=float(a.reprob),
-                            remode=a.remode, recount=int(a.recount))
+def make_train_step(spec: StepSpec, tx):
+  """Returns the jitted multi-member train step (state donated) that `spec` describes; `tx`:
+  the optimizer (the engine builds it from spec.optimizer_config() and spec.frozen)."""
+  model, terms = spec.model, spec.terms
+  aug = functools.partial(augment.train_transform, transform=spec.train_transform,
+                          image_size=spec.image_size, interpolation=spec.interpolation)
+  if spec.randaugment is not None and not spec.host_crops:
+    auto_augment, reprob, remode, recount = spec.randaugment
+    aug = functools.partial(randaugment.swin_train_transform, image_size=spec.image_size,
+                            interpolation=spec.interpolation, auto_augment=auto_augment,
+                            reprob=reprob, remode=remode, recount=recount)
   dropout = isinstance(model, swin.SwinTransformer)
-  mix = dict(smoothing=float(config.get('label_smoothing', 0.0)),
-             mixup_alpha=float(a.get('mixup', 0.0)), cutmix_alpha=float(a.get('cutmix', 0.0)),
-             prob=float(a.get('mixup_prob', 1.0)),
-             switch_prob=float(a.get('mixup_switch_prob', 0.5)))
-  soft = mix['smoothing'] > 0 or mix['mixup_alpha'] > 0 or mix['cutmix_alpha'] > 0
+  mix = dict(smoothing=spec.smoothing, mixup_alpha=spec.mixup, cutmix_alpha=spec.cutmix,
+             prob=spec.mixup_prob, switch_prob=spec.mixup_switch_prob)
+  soft = spec.smoothing > 0 or spec.mixup > 0 or spec.cutmix > 0
   grad_fn = jax.grad(functools.partial(_member_loss, model, terms), has_aux=True)
-  n_micro = int(config.grad_accum_steps)
+  n_micro = spec.micro_batches
 
-  def gradients(state, x, labels, mask, aux):
+  def gradients(state, x, labels, targets, dropout_keys, mask, aux):
     """Gradient of the mean loss over the real samples, in n_micro micro-batches. Train-mode
     BN normalises each micro-batch with its own statistics and updates the running ones
-    micro-batch after micro-batch, as PyTorch accumulation does."""
+    micro-batch after micro-batch, as PyTorch accumulation does. dropout_keys: None or one
+    key per micro-batch."""
     real = jnp.maximum(jnp.sum(mask), 1.0)
     if n_micro == 1:
-      grads, (parts, stats) = grad_fn(state.params, state.batch_stats, x, labels, mask, 1.0,
-                                      aux)
+      key = None if dropout_keys is None else dropout_keys[0]
+      grads, (parts, stats) = grad_fn(state.params, state.batch_stats, x, labels, targets, key,
+                                      mask, 1.0, aux)
       return grads, parts, stats
     split = lambda a: a.reshape(n_micro, a.shape[0] // n_micro, *a.shape[1:])
 
     def body(carry, micro):
       grads, stats = carry
-      xm, ym, mm = micro
-      g, (parts, stats) = grad_fn(state.params, stats, xm, ym, mm,
+      xm, ym, tm, km, mm = micro
+      g, (parts, stats) = grad_fn(state.params, stats, xm, ym, tm, km, mm,
                                   jnp.sum(mm) / real, aux)
       return (jax.tree_util.tree_map(jnp.add, grads, g), stats), parts
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-    (grads, stats), parts = jax.lax.scan(body, (zeros, state.batch_stats),
-                                         (split(x), jax.tree_util.tree_map(split, labels),
-                                          split(mask)))
+    micro = (split(x), split(labels), None if targets is None else split(targets),
+             dropout_keys, split(mask))
+    (grads, stats), parts = jax.lax.scan(body, (zeros, state.batch_stats), micro)
     return grads, {k: v.sum() for k, v in parts.items()}, stats
 
   def one(state, batch, aux):
     key = augment_key(state.keys, state.member, state.step)
     x = aug(key, batch['images'])
-    mask = batch['mask']
-    labels = batch['labels']
-    if soft or dropout:
-      labels = {'labels': labels}
-      if soft:
-        x, labels['targets'] = mixup.mix(jax.random.fold_in(key, mixup.MIX_FOLD), x,
-                                         batch['labels'], mask, model.num_classes, **mix)
-      if dropout:  # one key per micro-batch: row 0 of its slice
-        k = jax.random.fold_in(jax.random.fold_in(state.keys['dropout'], state.member),
-                               state.step)
-        keys = jax.random.split(k, n_micro)
-        labels['dropout'] = jnp.repeat(keys, mask.shape[0] // n_micro, axis=0)
-    grads, parts, batch_stats = gradients(state, x, labels, mask, aux)
+    mask, labels = batch['mask'], batch['labels']
+    targets = dropout_keys = None
+    if soft:
+      x, targets = mixup.mix(jax.random.fold_in(key, mixup.MIX_FOLD), x, labels, mask,
+                             model.num_classes, **mix)
+    if dropout:  # one key per micro-batch
+      k = jax.random.fold_in(jax.random.fold_in(state.keys['dropout'], state.member),
+                             state.step)
+      dropout_keys = jax.random.split(k, n_micro)
+    grads, parts, batch_stats = gradients(state, x, labels, targets, dropout_keys, mask, aux)
     lr = state.schedule['lr'][state.step]
     params, opt_state = optim.step(tx, state.opt_state, grads, state.params, learning_rate=lr,
                                    momentum=state.schedule['momentum'][state.step])

@@ -1,6 +1,14 @@
-"""Forward passes for the analysis: probabilities, feature maps and recomputed BN statistics.
+"""Forward passes of a run's model: probabilities, feature maps and recomputed BN statistics.
 
-All take uint8 images [N, H, W, 3] and apply the run's eval transform on the device.
+Used by the engine's test evaluation, by ensemble.py and by the analysis. All take uint8
+images [N, H, W, 3] and apply the run's eval transform on the device.
+
+  Evaluator.from_config(config, num_classes, arch=None, width=None, train=False)
+      the run's model and its evaluator, both from the run's config (model, width, dtype,
+      image_size, remat, transform_name, interpolation, eval_batch_size); `arch` and `width`
+      name a saved checkpoint's own. train=True gives the model the engine trains (the
+      config's dtype and remat); otherwise the model that reads saved members (bfloat16 for a
+      bfloat16 run, float32 for every other).
 
   Evaluator.probs(variables, images)     softmax probabilities [N, C] (float32 numpy)
   Evaluator.member_probs(stacked, images, batch_size=None)
@@ -27,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from enstransfer_jax import models
 from enstransfer_jax.data import augment
 from enstransfer_jax.data import batches
 from enstransfer_jax.models.batchnorm import BatchNorm
@@ -43,6 +52,8 @@ class Evaluator:
   def __init__(self, model, *, transform, image_size, interpolation='bilinear',
                batch_size=500, progress=False):
     self.model, self.batch_size, self.progress = model, int(batch_size), progress
+    # What the compiled programs depend on: evaluators with equal keys are interchangeable.
+    self.key = (model, transform, int(image_size), interpolation, self.batch_size)
     prep = functools.partial(augment.eval_transform, transform=transform,
                              image_size=image_size, interpolation=interpolation)
 
@@ -65,6 +76,21 @@ class Evaluator:
     self._member_probs = jax.jit(member_probs)
     self._features = jax.jit(lambda v, x: forward(v, x)[1])
     self._batch_stats = jax.jit(batch_stats)
+
+  @classmethod
+  def from_config(cls, config, num_classes, *, arch=None, width=None, train=False,
+                  progress=False):
+    """The run's model and its evaluator (see the module docstring)."""
+    dtype = config.get('dtype', 'float32')
+    if not train:
+      dtype = jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32
+    model = models.create_model(
+        arch or config.model, int(num_classes),
+        width=config.width if width is None else int(width), dtype=dtype,
+        image_size=int(config.image_size), remat=bool(train and config.get('remat', False)))
+    return cls(model, transform=config.transform_name, image_size=int(config.image_size),
+               interpolation=config.get('interpolation', 'bilinear'),
+               batch_size=config.get('eval_batch_size', 500), progress=progress)
 
   def _padded(self, fn, variables, images, desc, axis=0, batch_size=None):
     """fn over batches of a fixed size (the last one padded, then cut): one compilation.

@@ -10,6 +10,7 @@ Every other exception is a bug and keeps its traceback.
 """
 
 import contextlib
+import errno
 import logging
 import sys
 
@@ -19,6 +20,23 @@ class UserError(ValueError):
 
 
 USER_ERRORS = (UserError, OSError, FloatingPointError)
+
+
+class Interrupted(Exception):
+  """Raised by the engine after it saved its progress on SIGINT / SIGTERM (training/resume.py):
+  the command line says so and exits with status 130."""
+
+
+_DISK_FULL_TEXT = ('No space left on device', "os_error_code='28'", 'Disk quota exceeded',
+                   "os_error_code='122'")
+
+
+def is_disk_full(e):
+  """ENOSPC / EDQUOT as an OSError, or as the ValueError('RESOURCE_EXHAUSTED: ... No space
+  left on device [os_error_code=28]') that orbax's tensorstore writes raise."""
+  if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return True
+  return not isinstance(e, OSError) and any(t in str(e) for t in _DISK_FULL_TEXT)
 
 
 def is_user_error(e):
@@ -45,15 +63,13 @@ class _QuietDiskFull(logging.Filter):
   full disk: the same error reaches the main thread, which reports it in one line."""
 
   def filter(self, record):
-    from enstransfer_jax.training import workdir  # pylint: disable=g-import-not-at-top
     error = record.exc_info[1] if record.exc_info else None
-    return not ((error is not None and workdir.is_disk_full(error))
-                or workdir.is_disk_full(ValueError(record.getMessage())))
+    return not ((error is not None and is_disk_full(error))
+                or is_disk_full(ValueError(record.getMessage())))
 
 
 @contextlib.contextmanager
 def user_errors():
-  from enstransfer_jax.training.resume import Interrupted  # pylint: disable=g-import-not-at-top
   quiet = _QuietDiskFull()
   logging.getLogger('absl').addFilter(quiet)
   try:

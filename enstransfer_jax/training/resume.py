@@ -41,11 +41,7 @@ import orbax.checkpoint as ocp
 from enstransfer_jax import rundir
 from enstransfer_jax.training import mesh
 from enstransfer_jax.training import workdir as wd
-from enstransfer_jax.errors import UserError
-
-
-class Interrupted(Exception):
-  """Raised after progress was saved on SIGINT / SIGTERM."""
+from enstransfer_jax.errors import Interrupted, UserError  # pylint: disable=unused-import
 
 
 class Progress:

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from enstransfer_jax import atomic, checkpoints, rundir
+from enstransfer_jax import atomic, checkpoints, errors, rundir
 from enstransfer_jax.errors import UserError
 from enstransfer_jax.training import mesh
 
@@ -26,22 +26,10 @@ def default_workdir(config):
                       f'{config.model.lower()}_seed={config.seed}')
 
 
-_DISK_FULL_TEXT = ('No space left on device', "os_error_code='28'", 'Disk quota exceeded',
-                   "os_error_code='122'")
-
-
 def _disk_full(path):
   return OSError(errno.ENOSPC, f'no space left on the device while writing {path}; free some '
                  'space and run the same command again (the run resumes from its last '
                  'checkpoint)')
-
-
-def is_disk_full(e):
-  """ENOSPC / EDQUOT as an OSError, or as the ValueError('RESOURCE_EXHAUSTED: ... No space
-  left on device [os_error_code=28]') that orbax's tensorstore writes raise."""
-  if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-    return True
-  return not isinstance(e, OSError) and any(t in str(e) for t in _DISK_FULL_TEXT)
 
 
 @contextlib.contextmanager
@@ -50,7 +38,7 @@ def disk_errors(path):
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except
-    if is_disk_full(e):
+    if errors.is_disk_full(e):
       raise _disk_full(path) from None
     raise
 

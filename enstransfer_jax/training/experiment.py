@@ -29,7 +29,6 @@ from enstransfer_jax.training import workdir as wd
 from enstransfer_jax.errors import UserError
 
 
-
 def enable_compilation_cache(path):
   """XLA's persistent compilation cache in `path` ('' leaves JAX's setting as it is)."""
   if not path:

@@ -1,9 +1,9 @@
 """One stage's loop: the epochs and batches of the members that train together.
 
 `train_stage(run, s, stage, position)` builds the stage's start state in one jitted program,
-then feeds fixed-shape batches to the compiled step (built from the stage's
-step_lib.StepSpec, once per distinct spec, and reused by later stages), logs every `log_every_steps`
-steps, checks for NaN there and at every epoch's end, evaluates on the test set every
+then feeds fixed-shape batches to the compiled step (built from the stage's step_lib.StepSpec,
+once per distinct spec, and reused by later stages), logs every `log_every_steps` steps,
+checks for NaN there and at every epoch's end, evaluates on the test set every
 `valid_freq` epochs and at the end, and saves progress checkpoints (and, with
 `save_all_models`, the members at every epoch that ends none of them). Between two steps the
 host only gathers images (or takes the next batch of crops from data/host_pipeline.py) and

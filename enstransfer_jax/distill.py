@@ -17,8 +17,8 @@ random crop and flip), computed on the device in the same jitted step from the m
 memory (aux['teacher'], copied to the devices once). They are held in memory, not cached per
 epoch: the teacher is K networks of the student's size, evaluated in inference mode, and its
 parameters are K times the student's; a cache of teacher probabilities could not follow the
-per-step augmentation without storing every epoch's crops. `teacher` refuses, with one line,
-a teacher larger than half of an accelerator's memory.
+per-step augmentation without storing every epoch's crops. training/stage.py's `teacher`
+refuses, with one line, a teacher larger than half of an accelerator's memory.
 
 Defaults: the run's member-1 epochs, T = 1 (the targets are the ensemble's own predictive
 distribution) and alpha = 1 (the ensemble's predictions alone, no labels).
@@ -34,12 +34,11 @@ import argparse
 import os
 import sys
 
-import jax
 import ml_collections
-import numpy as np
 
-from enstransfer_jax import evaluator, rundir
-from enstransfer_jax.errors import UserError
+from enstransfer_jax import rundir
+from enstransfer_jax.errors import UserError, user_errors
+from enstransfer_jax.training import run_experiment
 
 DEFAULT_DIR = 'distill'  # analysis/one_model.py reads WORKDIR/distill
 
@@ -108,27 +107,8 @@ def student_config(workdir, epochs=None, temperature=1.0, alpha=1.0, lr=None, in
   return config
 
 
-def teacher(config):
-  """The teacher's members (config.distill), stacked on a leading axis, on the host."""
-  d = config.distill
-  variables = []
-  for m in d.members:
-    _, v = rundir.RunDir(d.teacher).member_variables(m)
-    variables.append({'params': v['params'], 'batch_stats': v['batch_stats']})
-  stacked = evaluator.stack(variables)
-  size = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(stacked))
-  limit = (jax.devices()[0].memory_stats() or {}).get('bytes_limit') if hasattr(
-      jax.devices()[0], 'memory_stats') else None
-  if limit and size > limit / 2:
-    raise UserError(f'the teacher ({len(variables)} members, {size / 2**30:.2f} GiB) takes '
-                    f'more than half of the device memory ({limit / 2**30:.2f} GiB); distil '
-                    'from fewer members (a sub-ensemble run) or on a larger device')
-  return stacked
-
-
 def distill(workdir, out=None, **options):
   """Trains (or resumes, or reads back) the student of `workdir`; returns its summary."""
-  from enstransfer_jax.training import run_experiment  # pylint: disable=g-import-not-at-top
   rundir.RunDir(workdir).existing()
   config = student_config(workdir, **options)
   out = out or os.path.join(workdir, DEFAULT_DIR)
@@ -155,7 +135,6 @@ def parse_args(argv):
 
 def main(argv=None):
   args = vars(parse_args(sys.argv[1:] if argv is None else argv))
-  from enstransfer_jax.errors import user_errors  # pylint: disable=g-import-not-at-top
   with user_errors():
     distill(args.pop('workdir'), args.pop('out'), **args)
 

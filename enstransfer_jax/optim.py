@@ -44,6 +44,8 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
+
+from enstransfer_jax import models
 from enstransfer_jax.errors import UserError
 
 OPTIMIZERS = ('sgd', 'adamw')
@@ -170,7 +172,6 @@ def scale_by_tree(scales_fn):
 
 
 def _swin(config):
-  from enstransfer_jax import models  # pylint: disable=g-import-not-at-top
   try:
     return models.is_swin(config.model)
   except (ValueError, AttributeError):

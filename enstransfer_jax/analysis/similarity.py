@@ -26,7 +26,8 @@ persistent homology is the costly part (seconds per pair at 128 points, minutes 
 
 import numpy as np
 
-from enstransfer_jax.analysis import features, rtd_metric, wasserstein
+from enstransfer_jax.analysis import features, rtd_lite as lite, rtd_metric, wasserstein
+from enstransfer_jax.losses import rtd_loss
 
 RTD_POINTS = 128  # examples used for RTD (its filtration has 2 * points vertices)
 _CHUNK = 1 << 16  # feature columns converted to float64 at a time (layer1 of ResNet-50: 800k)
@@ -89,7 +90,6 @@ def feature_mse(x, y):
 
 def rtd(x, y, *, points=RTD_POINTS, dim=1):
   """Symmetric RTD of the first `points` examples of x (reference) and y, every pair kept."""
-  from enstransfer_jax.losses import rtd_loss  # pylint: disable=g-import-not-at-top
   x, y = features.flat(x, 'x'), features.flat(y, 'y')
   _check_pair(x, y)
   n = min(int(points), x.shape[0])
@@ -103,7 +103,6 @@ def rtd(x, y, *, points=RTD_POINTS, dim=1):
 
 def rtd_lite(x, y, *, gram_x=None, gram_y=None):
   """RTD-Lite of x (reference) and y on all their examples (distances / sqrt(width))."""
-  from enstransfer_jax.analysis import rtd_lite as lite  # pylint: disable=g-import-not-at-top
   x, y = features.flat(x, 'x'), features.flat(y, 'y')
   _check_pair(x, y)
   gx = centered_gram(x) if gram_x is None else gram_x

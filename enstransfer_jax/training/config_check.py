@@ -5,7 +5,8 @@ augmentations and the datasets are called here, not written again."""
 
 import math
 
-from enstransfer_jax import optim
+from enstransfer_jax import models, optim, schedules
+from enstransfer_jax.data import datasets, randaugment
 from enstransfer_jax.data.augment import TRANSFORMS
 from enstransfer_jax.models.resnet import MODULE_NAMES as FREEZABLE  # ResNet's; see freezable()
 from enstransfer_jax.training import wandb_log
@@ -89,7 +90,6 @@ def validate(config):
     _fail(f'dtype={c.dtype!r} is unknown; use float32, bfloat16 or float64')
   if not isinstance(c.get('remat', False), bool):
     _fail(f'remat={c.remat!r} must be True or False')
-  from enstransfer_jax import models  # pylint: disable=g-import-not-at-top
   if c.get('remat', False) and models.is_swin(c.model):
     _fail(f'remat=True is implemented for the ResNets only, not {c.model}; set remat=False')
   if c.dtype == 'float64':
@@ -107,8 +107,6 @@ def validate(config):
   if c.wandb_mode not in wandb_log.MODES:
     _fail(f'wandb_mode={c.wandb_mode!r} is unknown; use {", ".join(wandb_log.MODES[:-1])} or '
           f'{wandb_log.MODES[-1]}')
-  from enstransfer_jax import schedules  # pylint: disable=g-import-not-at-top
-  from enstransfer_jax.data import datasets  # pylint: disable=g-import-not-at-top
   if c.dataset not in datasets.DATASETS:
     _fail(f'dataset={c.dataset!r} is unknown; use one of {", ".join(sorted(datasets.DATASETS))}')
   schedules.create_learning_rate_fn(c, 100)  # the scheduler's own checks (epochs, warmups)
@@ -145,7 +143,6 @@ def check_checkpoints(config):
 
 def freezable(config):
   """Top-level module names of config.model in forward order (freeze_layers takes them)."""
-  from enstransfer_jax import models  # pylint: disable=g-import-not-at-top
   try:
     if not models.is_swin(config.model):
       return FREEZABLE
@@ -170,7 +167,6 @@ def _validate_recipe(c):
   if a.mixup_mode != 'batch' and (a.mixup > 0 or a.cutmix > 0):
     _fail(f"aug.mixup_mode={a.mixup_mode!r} is not implemented; use 'batch' (the Swin configs')")
   if c.transform_name.lower() == 'swin_imagenet':
-    from enstransfer_jax.data import randaugment  # pylint: disable=g-import-not-at-top
     if str(a.auto_augment).lower() == 'none':
       if a.color_jitter > 0:
         _fail('aug.color_jitter without RandAugment is not implemented (timm applies it only '

@@ -22,6 +22,7 @@ from enstransfer_jax.models import resnet
 from enstransfer_jax.training import config_check, mesh, plan as plan_lib, resume
 from enstransfer_jax.training import step as step_lib
 from enstransfer_jax.training import workdir as wd
+from enstransfer_jax.errors import UserError
 
 
 def terms_for(config, member, starts):
@@ -46,6 +47,25 @@ def terms_for(config, member, starts):
       stop_gradient_after=config_check.frozen_prefix(frozen, models.module_names(starts.model)),
       frozen_bn=tuple(m for m in frozen if m in resnet.BN_MODULES)
       if c.freeze_bn_stats and isinstance(starts.model, resnet.ResNet) else ())
+
+
+def teacher(config):
+  """A student's teacher (config.distill: a run's work dir and member ids; distill.py): the
+  members' variables stacked on a leading axis, on the host."""
+  d = config.distill
+  variables = []
+  for m in d.members:
+    _, v = rundir.RunDir(d.teacher).member_variables(m)
+    variables.append({'params': v['params'], 'batch_stats': v['batch_stats']})
+  stacked = evaluator.stack(variables)
+  size = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(stacked))
+  limit = (jax.devices()[0].memory_stats() or {}).get('bytes_limit') if hasattr(
+      jax.devices()[0], 'memory_stats') else None
+  if limit and size > limit / 2:
+    raise UserError(f'the teacher ({len(variables)} members, {size / 2**30:.2f} GiB) takes '
+                    f'more than half of the device memory ({limit / 2**30:.2f} GiB); distil '
+                    'from fewer members (a sub-ensemble run) or on a larger device')
+  return stacked
 
 
 class _Aux:
@@ -73,8 +93,7 @@ class _Aux:
     elif self.terms.fmap_betas:
       aux['reg'] = self._place('reg', lambda: starts.regularizer(self.member))
     if self.terms.distill_temperature:
-      from enstransfer_jax import distill  # pylint: disable=g-import-not-at-top
-      aux['teacher'] = self._place('teacher', lambda: distill.teacher(self.run.config))
+      aux['teacher'] = self._place('teacher', lambda: teacher(self.run.config))
     if self.terms.wo_beta or self.terms.prev_ce_beta:
       rng = np.random.default_rng([self.run.config.seed, self.member.index, local_step])
       chosen = self._earlier[rng.integers(len(self._earlier))]

@@ -79,10 +79,10 @@ def check(config):
   name = optimizer_name(config)
   wd = float(config.wd)
   if wd < 0:
-    raise UserError(f'config.wd must be >= 0, got {wd}')
+    raise UserError(f'config.wd={wd} must be >= 0')
   if name == 'sgd':
     if not 0 <= float(config.momentum) < 1:
-      raise UserError(f'config.momentum must be in [0, 1), got {config.momentum}')
+      raise UserError(f'config.momentum={config.momentum} must be in [0, 1)')
     if bool(config.nesterov) and float(config.momentum) <= 0:
       raise UserError('config.nesterov=True needs config.momentum > 0 (as torch SGD)')
   return name, wd

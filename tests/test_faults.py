@@ -329,7 +329,8 @@ def test_bad_ood_spec_and_reproduce_mistakes_before_any_output(damaged, tmp_path
     analyze.analyze_runs([damaged], ood='nosuch:1', progress=False)
   assert not os.path.exists(os.path.join(damaged, 'analysis'))
   for args, message in [
-      (['--set', 'epochs=abc'], "error: --set epochs='abc': "),
+      (['--set', 'epochs=abc'], "error: --set epochs=abc: invalid literal for int() with base 10: 'abc'; "
+                                "give a value of the field's type (now "),
       (['--out', damaged], f'error: --out {damaged} is the work dir of a single run (it holds '
                            'config.json); give reproduce a folder of its own')]:
     out = args if '--out' in args else args + ['--out', str(tmp_path / 'o')]

@@ -193,7 +193,7 @@ def test_bad_inputs():
     optim.create_optimizer(make_config('sgd', nesterov=True, momentum=0.0))
   with pytest.raises(ValueError, match='wd'):
     optim.create_optimizer(make_config('sgd', wd=-1.0))
-  with pytest.raises(ValueError, match='momentum must be in'):
+  with pytest.raises(ValueError, match=r'config.momentum=1.0 must be in \[0, 1\)'):
     optim.create_optimizer(make_config('sgd', momentum=1.0))
   params = init_params()
   with pytest.raises(ValueError, match='trainable_mask'):

@@ -33,7 +33,6 @@ thesis's Table 4.1 values (analysis/thesis.py).
 import argparse
 import contextlib
 import dataclasses
-import importlib
 import os
 import sys
 import time
@@ -69,14 +68,6 @@ class Job:
   log: str  # the run's stdout goes here
 
 
-def _import_configs():
-  """The configs package (repository root), also when run from another directory."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  return importlib.import_module('configs')
-
-
 def _quiet(config):
   """The run's own progress bars off: the command draws one bar over all runs."""
   config = config.copy_and_resolve_references()
@@ -94,7 +85,7 @@ def digits_jobs(methods, seeds, out, overrides=None, pretrain_seed=None):
   """The one pre-training (method 'pretrain', seed `pretrain_seed`, default
   digits_task.PRETRAIN_SEED, in <out>/pretrain), then every method from its checkpoint for each
   fine-tuning seed; `overrides` (configs.apply_overrides's) change the task for every run."""
-  configs = _import_configs()
+  configs = rundir.configs_package()
   from configs import digits_task  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training import experiment  # pylint: disable=g-import-not-at-top
   if pretrain_seed is None:
@@ -119,7 +110,7 @@ def animals_jobs(methods, seeds, out, overrides=None, pretrain_seed=None, checkp
   `pretrain_seed`, default animals_task.PRETRAIN_SEED, and 5 for Global DE), then every method
   for `seeds` fine-tuning seeds on each of the first `checkpoints` pre-trainings (seed
   i * seeds + j on pre-training i); Global DE's members fine-tune 5 pre-trainings, one each."""
-  configs = _import_configs()
+  configs = rundir.configs_package()
   from configs import animals_task  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training import experiment  # pylint: disable=g-import-not-at-top
   if pretrain_seed is None:
@@ -153,7 +144,7 @@ def animals_jobs(methods, seeds, out, overrides=None, pretrain_seed=None, checkp
 
 def cifar100_jobs(methods, ckpts, seeds_per_ckpt, out, data_dir='', overrides=None):
   """The thesis's runs: seeds 1..n on ckpts[0], n+1..2n on ckpts[1]; Global DE on all ckpts."""
-  configs = _import_configs()
+  configs = rundir.configs_package()
   if len(ckpts) < CIFAR_CHECKPOINTS:
     raise UserError(f'--task cifar100 needs at least {CIFAR_CHECKPOINTS} pre-trained '
                     f'checkpoints in --ckpts (got {len(ckpts)}); convert them with '
@@ -168,7 +159,7 @@ def cifar100_jobs(methods, ckpts, seeds_per_ckpt, out, data_dir='', overrides=No
     for j in range(seeds_per_ckpt):
       seed = i * seeds_per_ckpt + j + 1
       for method in methods:
-        c = configs.apply_overrides(importlib.import_module(f'configs.{method}').get_config(),
+        c = configs.apply_overrides(rundir.configs_package(method).get_config(),
                                     overrides or (), '--set ')
         c.seed = seed
         c.data_dir = data_dir
@@ -412,7 +403,7 @@ def parse_args(argv):
 def reproduce(args, jobs=None):
   """Runs the jobs of `args` (or `jobs`), writes the table; returns the rows."""
   if jobs is None:
-    overrides = _import_configs().parse_assignments(args.set)
+    overrides = rundir.configs_package().parse_assignments(args.set)
     if args.task == 'digits':
       jobs = digits_jobs(args.methods, range(args.seeds), args.out, overrides, args.pretrain_seed)
     elif args.task == 'animals':

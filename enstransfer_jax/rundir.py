@@ -64,12 +64,18 @@ def describe(difference):
   return f'{name}: {there!r} there, {here!r} here'
 
 
-def base_config():
-  """configs/base.py's defaults (the configs package at the repository root)."""
+def configs_package(module=''):
+  """The configs package at the repository root (or its `module`), also when the command runs
+  from another directory."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   if root not in sys.path:
     sys.path.insert(0, root)
-  return importlib.import_module('configs.base').get_config()
+  return importlib.import_module('configs' + (f'.{module}' if module else ''))
+
+
+def base_config():
+  """configs/base.py's defaults."""
+  return configs_package('base').get_config()
 
 
 def _put(node, values):

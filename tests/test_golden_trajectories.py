@@ -9,18 +9,19 @@ torch's default init, seed 0). tests/data/README.md says how it was made. Here t
 trains the same runs (the config fields recorded per method in the file: digits 0 and 1 at
 32 px, batches of 64, one epoch per member, augmentation off, dtype float64) with
 jax_enable_x64 on inside the test only, and every logged value must equal the reference's to
-TOL = 1e-9 (absolute; the values are O(0.01-1)). When the file was written the engine agreed
-to 5e-14 (single, SSE, StarSSE, StarSSE-WO, freeze-StarSSE), 2e-13 (SSE-MSE), 3e-12 (StarSSE-CE)
-and 2e-11 (SSE-RTD over its first two members), so 1e-9 leaves room for other CPUs' float64
-rounding while a change of semantics (a momentum, a schedule, a regulariser's weight or
-reduction, a member boundary, a frozen layer) moves the losses by far more from the second
-or third step on: SGD momentum 0.9 x (1 - 1e-6) fails every method at step 2 by 4e-8. BatchNorm
+TOL = 1e-9 (absolute; the values are O(0.01-1)), SSE-RTD to TOL_RTD = 1e-8. When the file was
+written the engine agreed to 2e-13 (single, SSE - 6e-13, freeze-StarSSE), 3e-12 (StarSSE,
+StarSSE-WO, SSE-MSE), 9e-12 (StarSSE-CE) and 6e-10 (SSE-RTD over its first two members), so the
+tolerances leave room for other CPUs' float64 rounding while a change of semantics (a
+momentum, a schedule, a regulariser's weight or reduction, a member boundary, a frozen layer)
+moves the losses by far more from the second or third step on: SGD momentum 0.9 x (1 - 1e-6)
+fails every method at step 2 by 4e-8. BatchNorm
 running statistics enter the losses only through the eval-mode models of SSE-MSE, SSE-RTD and
 StarSSE-CE (BatchNorm momentum 0.11 for 0.1 fails those three and no other). SSE-RTD is
 checked over member 1 and its first cycle only (a 2-member run): its engine / reference
-difference grows along the run (RTD term 1.6e-14 at its first step, 1.6e-11 at the end of
-member 2, 1.1e-9 at the last step of member 3), as the RTD term's gradient amplifies rounding;
-see FIDELITY.md.
+difference grows along the run (RTD term 2e-13 at its first step, 6.2e-10 at the end of
+member 2, 1.0e-9 in member 3), as the RTD term's gradient amplifies rounding, which another
+CPU's rounding would grow as much: hence its own tolerance; see FIDELITY.md.
 
 The methods run in this process under `jax.enable_x64(True)`; identical compiled programs are
 shared through the suite's persistent compilation cache (tests/conftest.py). Six of the runs
@@ -38,6 +39,7 @@ import pytest
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
                     'reference_trajectories.npz')
 TOL = 1e-9
+TOL_RTD = 1e-8  # SSE-RTD: the RTD term's gradient amplifies rounding (see above)
 
 
 def _golden():
@@ -95,7 +97,7 @@ def test_engine_reproduces_reference_losses(name, start_pt, tmp_path):
     golden = ARRAYS[f'{name}/{term}']
     got = np.asarray([float(r.get(term, 0.0)) for r in steps], np.float64)
     diff = np.abs(got - golden)
-    bad = np.flatnonzero(~(diff <= TOL))
+    bad = np.flatnonzero(~(diff <= (TOL_RTD if name == 'sse_rtd' else TOL)))
     assert not bad.size, (
         f'{name}: {term} parts from the reference at step {bad[0]} of {n} '
         f'(engine {got[bad[0]]!r}, reference {golden[bad[0]]!r}, |diff| {diff[bad[0]]:.2e}; '

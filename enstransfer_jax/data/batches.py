@@ -15,6 +15,7 @@ split over the devices like any other instead of being computed whole on every d
 """
 
 import numpy as np
+from enstransfer_jax import streams
 from enstransfer_jax.errors import UserError
 
 
@@ -24,12 +25,12 @@ def _check_int(name, value, minimum):
 
 
 def epoch_order(seed, member, epoch, num_examples):
-  """int64 permutation of range(num_examples), a pure function of (seed, member, epoch)."""
+  """int64 permutation of range(num_examples), a pure function of (seed, member, epoch)
+  (streams.numpy_rng(seed, 'order', member, epoch))."""
   for name, value in (('seed', seed), ('member', member), ('epoch', epoch)):
     _check_int(name, value, 0)
   _check_int('num_examples', num_examples, 1)
-  rng = np.random.default_rng([int(seed), int(member), int(epoch)])
-  return rng.permutation(int(num_examples))
+  return streams.numpy_rng(seed, 'order', member, epoch).permutation(int(num_examples))
 
 
 def batch_slices(num_examples, batch_size, drop_last=False):

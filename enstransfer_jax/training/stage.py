@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from enstransfer_jax import checkpoints, evaluator, metrics, models, optim, rundir
+from enstransfer_jax import checkpoints, evaluator, metrics, models, optim, rundir, streams
 from enstransfer_jax.data import batches, host_pipeline
 from enstransfer_jax.models import resnet
 from enstransfer_jax.training import config_check, mesh, plan as plan_lib, resume
@@ -83,7 +83,8 @@ class _Aux:
     return self._placed[key]
 
   def for_step(self, local_step):
-    """The earlier member for WO / prev-CE is drawn per step from (seed, member, step)."""
+    """The earlier member for WO / prev-CE is drawn per step (streams.numpy_rng(seed, 'earlier',
+    member, step))."""
     aux, starts = {}, self.run.starts
     if self.terms.reg_per_member:  # each member's own pre-trained model
       if 'reg' not in self._placed:
@@ -95,7 +96,7 @@ class _Aux:
     if self.terms.distill_temperature:
       aux['teacher'] = self._place('teacher', lambda: teacher(self.run.config))
     if self.terms.wo_beta or self.terms.prev_ce_beta:
-      rng = np.random.default_rng([self.run.config.seed, self.member.index, local_step])
+      rng = streams.numpy_rng(self.run.config.seed, 'earlier', self.member.index, local_step)
       chosen = self._earlier[rng.integers(len(self._earlier))]
       if self.terms.wo_beta:
         aux['wo'] = self._place(('wo', chosen), lambda: starts.flat_params(chosen))

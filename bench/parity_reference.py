@@ -38,6 +38,12 @@ Normalize compute for given draws). With --seed, --lr and --epochs a whole pre-t
 (`--methods single --classes 0,1,2,3,4 --batch-size 64 --lr 0.1 --epochs 20`) compares step
 for step with augmentation on.
 
+--dtype float32 runs both sides in float32 (torch .float(), JAX without x64): the same draws and
+the same start weights, so the two runs differ only by float32 rounding; with --start-seed S
+the start weights are drawn by torch.manual_seed(S) instead of 0. Each member's test accuracy
+(both sides' weights evaluated by the reference's model in float64) is printed and written to
+--json, so a sweep over seeds compares whole float32 runs given identical random numbers.
+
 Needs torch (CPU) and giotto-ph for the RTD method. --write-golden PATH writes the reference's
 per-step values (cross-entropy, learning rate, the method's regulariser term) and the start
 weights to one .npz for tests/test_golden_trajectories.py (see write_golden; tests/data/README.md
@@ -253,15 +259,16 @@ class EngineAugmented:
     g, e, fe = self.calls, self.settings['epochs'], self.settings['fge_epochs']
     member, epoch = (1, g) if g <= e else ((g - e - 1) // fe + 2, (g - e - 1) % fe + 1)
     order = batches.epoch_order(self.settings['seed'], member, epoch, self.n)
-    mean = torch.tensor(augment.MEAN, dtype=torch.float64)[:, None, None]
-    std = torch.tensor(augment.STD, dtype=torch.float64)[:, None, None]
+    dtype = torch.get_default_dtype()
+    mean = torch.tensor(augment.MEAN, dtype=dtype)[:, None, None]
+    std = torch.tensor(augment.STD, dtype=dtype)[:, None, None]
     p, s = augment.CIFAR_PADDING, self.image_size
     for b, (lo, hi) in enumerate(batches.batch_slices(self.n, self.size)):
       step = (g - 1) * len(self) + b  # the member's global step: batches since the run began
       params = self._draw(member, step)
       box, flip = np.asarray(params['box']), np.asarray(params['flip'])
       idx = order[lo:hi]
-      x = torch.from_numpy(self.images[idx].transpose(0, 3, 1, 2).copy()).double() / 255.0
+      x = torch.from_numpy(self.images[idx].transpose(0, 3, 1, 2).copy()).to(dtype) / 255.0
       x = torch.nn.functional.pad(x, (p, p, p, p))
       out = []
       for j in range(hi - lo):
@@ -281,7 +288,7 @@ def run_reference(ref_main, name, settings, data, start_pt, args, records):
   BYOLBaseConfig = byol_base.BYOLBaseConfig  # pylint: disable=invalid-name
   import data.get_datasets as ref_ds  # pylint: disable=g-import-not-at-top
   import utils as ref_utils  # pylint: disable=g-import-not-at-top
-  torch.set_default_dtype(torch.float64)
+  torch.set_default_dtype(getattr(torch, args.dtype))
   work = tempfile.mkdtemp(prefix=f'ref_{name}_')
   over = dict(METHODS[name])
   over.setdefault('fmap_betas', (0.0,) * 5)
@@ -311,7 +318,7 @@ def run_reference(ref_main, name, settings, data, start_pt, args, records):
     del builder_kwargs
     model = reference_resnet18(config.num_classes, args.width)
     model.load_state_dict(torch.load(start_pt)['model_state'])
-    return model.double()
+    return model.to(getattr(torch, args.dtype))
 
   ref_main.load_model = load_model
   ref_utils.init_wandb = lambda *a, **k: None
@@ -361,7 +368,7 @@ def engine_fields(name, settings, args):
   fields = dict(settings, **METHODS[name])
   fields.update(dict(name=name, dataset='digits', class_subset=tuple(args.classes),
                      model='ResNet18', width=args.width, image_size=args.image_size,
-                     transform_name=args.augment, dtype='float64', valid_freq=0, progress=False,
+                     transform_name=args.augment, dtype=args.dtype, valid_freq=0, progress=False,
                      compilation_cache_dir='', wandb_mode='disabled', log_every_steps=1,
                      eval_batch_size=256, rtd_workers=0))
   return fields
@@ -373,7 +380,7 @@ def run_engine(name, settings, args, start_pt, workroot):
   from enstransfer_jax.training import run_experiment  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.training import workdir as wd  # pylint: disable=g-import-not-at-top
   from enstransfer_jax import rundir  # pylint: disable=g-import-not-at-top
-  assert jax.config.jax_enable_x64
+  assert jax.config.jax_enable_x64 == (args.dtype == 'float64')
   c = base.get_config()
   c.update(dict(engine_fields(name, settings, args), ckpt=start_pt))
   saved = {}
@@ -433,14 +440,33 @@ def prepare_data(args):
                                                    image_size=args.image_size))
 
   def tensors(images):
-    x = np.asarray(norm(images), np.float64).transpose(0, 3, 1, 2)  # float64 under x64
+    x = np.asarray(norm(images), np.dtype(args.dtype)).transpose(0, 3, 1, 2)  # float64 under x64
     return torch.from_numpy(np.ascontiguousarray(x))
 
   ref_tensors = (tensors(data.train_images), torch.from_numpy(data.train_labels).long(),
                  tensors(data.test_images), torch.from_numpy(data.test_labels).long())
+  test_x = np.asarray(norm(data.test_images), np.float64).transpose(0, 3, 1, 2)
   return types.SimpleNamespace(num_classes=data.num_classes, train_labels=data.train_labels,
                                train_images=data.train_images,
-                               ref_tensors=ref_tensors)
+                               ref_tensors=ref_tensors, test_x=np.ascontiguousarray(test_x),
+                               test_y=data.test_labels)
+
+
+def test_accuracy(members, data, width):
+  """Test accuracy of each member's weights (torch names, numpy), evaluated by the reference's
+  model in float64 (eval mode), whichever side trained them."""
+  import torch  # pylint: disable=g-import-not-at-top
+  out = []
+  x = torch.from_numpy(data.test_x)
+  for weights in members:
+    model = reference_resnet18(data.num_classes, width).double().eval()
+    state = model.state_dict()
+    model.load_state_dict({k: torch.from_numpy(np.asarray(weights[k], np.float64))
+                           if k in weights else state[k] for k in state})
+    with torch.no_grad():
+      pred = model(x).argmax(-1).numpy()
+    out.append(float(np.mean(pred == data.test_y)))
+  return out
 
 
 def main(argv=None):
@@ -457,6 +483,10 @@ def main(argv=None):
   p.add_argument('--augment', default='none', choices=('none', 'cifar'),
                  help="cifar: the engine's 'cifar' train transform, its crop / flip draws "
                       'applied to the reference\'s batches too (EngineAugmented)')
+  p.add_argument('--dtype', default='float64', choices=('float64', 'float32'),
+                 help='float32: both sides in float32 (the same draws; only rounding differs)')
+  p.add_argument('--start-seed', type=int, default=0,
+                 help="torch's seed for the start weights (the reference's default init)")
   p.add_argument('--json', default='', help='write the comparison here')
   p.add_argument('--write-golden', default='', metavar='PATH',
                  help='write the reference per-step values and the start weights here '
@@ -473,7 +503,9 @@ def main(argv=None):
     p.error('--image-size: the digits are 32 px; the none transform keeps them')
 
   import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_enable_x64', True)
+  jax.config.update('jax_enable_x64', args.dtype == 'float64')
+  if args.write_golden and (args.dtype != 'float64' or args.start_seed):
+    p.error('--write-golden: the golden file is float64 from start seed 0')
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(max(1, os.cpu_count() or 1))
   records = []
@@ -482,7 +514,7 @@ def main(argv=None):
   data = prepare_data(args)
   settings = base_settings(args)
   scratch = tempfile.mkdtemp(prefix='parity_')
-  torch.manual_seed(0)
+  torch.manual_seed(args.start_seed)
   start = reference_resnet18(data.num_classes, args.width)  # torch's default init, float32
   start_pt = os.path.join(scratch, 'start.pt')
   torch.save({'model_state': start.state_dict()}, start_pt)
@@ -497,13 +529,17 @@ def main(argv=None):
     t2 = time.time()
     res = compare(ref_steps, eng_steps, ref_members, eng_members)
     res['seconds'] = {'reference': round(t1 - t0, 1), 'engine': round(t2 - t1, 1)}
+    res['test_acc'] = {'reference': test_accuracy(ref_members, data, args.width),
+                       'engine': test_accuracy(eng_members, data, args.width)}
     results[name] = res
     golden[name] = {'config': engine_fields(name, settings, args), 'steps': ref_steps}
     terms = ', '.join(f'{t} {v["max_abs"]:.1e}' for t, v in res['terms'].items())
     mem = ', '.join(f'm{m["member"]} {m["max_abs"]:.1e} ({m["layer"]})' for m in res['members'])
     print(f'{name:15s} steps {res["steps"]}/{res["engine_steps"]} | max |diff| per step: '
-          f'{terms} | weights at member ends: {mem} | {res["seconds"]}', flush=True)
-  meta = {'settings': settings, 'width': args.width, 'image_size': args.image_size,
+          f'{terms} | weights at member ends: {mem} | test acc {res["test_acc"]} | '
+          f'{res["seconds"]}', flush=True)
+  meta = {'settings': settings, 'dtype': args.dtype, 'start_seed': args.start_seed,
+          'width': args.width, 'image_size': args.image_size,
           'classes': args.classes, 'command': 'python bench/parity_reference.py ' +
           ' '.join(sys.argv[1:] if argv is None else argv)}
   if args.json:

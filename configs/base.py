@@ -25,7 +25,7 @@ def get_config():
   # Model, dataset and augmentation.
   c.model = 'ImageNetResNet50'
   c.width = 64  # base width of the ResNet (64 = torchvision); small values for tests
-  c.init_scheme = 'torch'  # from scratch (ckpt=''): torch's layer defaults (the reference) | torchvision
+  c.init_scheme = 'torch'  # from scratch (ckpt=''): torch's layer defaults drawn by torch, as the reference | torchvision
   c.dataset = 'cifar100'
   c.data_dir = ''  # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets)
   c.class_subset = ()  # keep only these labels (remapped to 0..k-1); () = all

@@ -3,9 +3,13 @@
 One documented order: a run resumed from its work dir continues from the progress checkpoint
 (resume.py); otherwise member 1 (and every Local / Global DE member) starts from its
 pre-trained checkpoint, with a new `num_classes` head drawn from (seed, 'head', member) when
-the checkpoint's head has another size, or from scratch (`ckpt=''`) with parameters drawn
-from (seed, 'init', member) by `init_scheme` (torch's default layer init, as the reference's
-ResNets, or torchvision's), so from-scratch DE members differ; SSE member k starts from
+the checkpoint's head has another size, or from scratch (`ckpt=''`). From scratch with
+init_scheme 'torch' (the default) a ResNet's parameters are drawn by torch's own generator as
+the reference draws them (models/torch_init.torch_drawn_variables): member 1 after
+torch.manual_seed(seed), so the reference's run of the same seed starts from the same weights,
+bit for bit; member k >= 2 after torch.manual_seed of a number drawn from (seed, 'init', k).
+With 'torchvision' (and for other models) they come from the stream (seed, 'init', member).
+So from-scratch DE members differ; SSE member k starts from
 member k-1 and StarSSE member k from member 1 (parameters and BN statistics).
 
 Pre-trained checkpoints are read once, before the work dir is touched (`load_checkpoints`).
@@ -53,6 +57,15 @@ def _check_finite_weights(path, variables):
                       'damaged: convert or train it again')
 
 
+def torch_seed(seed, member):
+  """torch's seed for a from-scratch member: the run's seed for member 1 (as the reference's
+  set_random_seed before it builds its model), a 62-bit draw of (seed, 'init', member) for
+  the others (so no member of one run shares its start with a member of another seed's run)."""
+  if member == 1:
+    return int(seed)
+  return int(streams.numpy_rng(seed, 'init', member).integers(2**62))
+
+
 class Starts:
   """Start variables of each member and the saved members the regularisers read (host)."""
 
@@ -64,7 +77,10 @@ class Starts:
 
   def _scratch(self, index):
     if index not in self._scratch_cache:
-      if isinstance(self.model, resnet.ResNet):
+      if isinstance(self.model, resnet.ResNet) and self.config.init_scheme == 'torch':
+        variables = torch_init.torch_drawn_variables(self.model, torch_seed(self.config.seed,
+                                                                            index))
+      elif isinstance(self.model, resnet.ResNet):
         rng = streams.numpy_rng(self.config.seed, 'init', index)
         variables = torch_init.resnet_variables(self.model, rng, self.config.init_scheme)
       else:

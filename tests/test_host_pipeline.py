@@ -251,7 +251,7 @@ def _dtd_run(workdir, monkeypatch, signal_at=0, seen=None):
   monkeypatch.setattr(step_lib, 'make_train_step', make)
   config = engine_util.tiny_config(
       dataset='dtd', transform_name='imagenet', image_size=16, batch_size=3,
-      eval_batch_size=8, num_fge=2, star_fge=True, epochs=2, fge_epochs=1,
+      eval_batch_size=8, num_fge=2, star_fge=True, epochs=2, fge_epochs=1, seed=1,
       checkpoint_every_steps=1)
   with tfds.testing.mock_data(num_examples=4):  # train+validation: 4 images, batches 3 + 1
     run_experiment(config, workdir)

@@ -65,10 +65,11 @@ def _first_step_inputs(config, member, reg_variables, start_variables):
 
 
 def _scratch(member):
-  from enstransfer_jax import models, streams  # pylint: disable=g-import-not-at-top
+  from enstransfer_jax import models  # pylint: disable=g-import-not-at-top
   from enstransfer_jax.models import torch_init  # pylint: disable=g-import-not-at-top
-  return torch_init.resnet_variables(models.create_model('ResNet18', 10, width=4),
-                                     streams.numpy_rng(0, 'init', member))
+  from enstransfer_jax.training import starts  # pylint: disable=g-import-not-at-top
+  return torch_init.torch_drawn_variables(models.create_model('ResNet18', 10, width=4),
+                                          starts.torch_seed(0, member))
 
 
 @pytest.mark.parametrize('loss_type, regularizer, betas', [

@@ -9,7 +9,8 @@ import numpy as np
 
 import configs
 from configs import base
-from enstransfer_jax import evaluator, streams
+from enstransfer_jax import evaluator
+from enstransfer_jax.data import batches
 from enstransfer_jax.training import resume
 from enstransfer_jax.training import step as step_lib
 
@@ -142,5 +143,5 @@ def first_batch(config, data, member, epoch=1):
   """Raw uint8 images and labels of the first batch a member sees in `epoch` (the engine's
   order: batches.epoch_order of (seed, member, epoch), full batches only)."""
   n = len(data.train_labels)
-  order = streams.numpy_rng(config.seed, 'order', member, epoch).permutation(n)[:config.batch_size]
+  order = batches.epoch_order(config.seed, member, epoch, n)[:config.batch_size]
   return data.train_images[order], data.train_labels[order]
